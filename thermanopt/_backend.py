@@ -1,0 +1,276 @@
+"""Array dispatch: one implementation for NumPy arrays and torch tensors.
+
+Mechanism
+---------
+The mathematics of thermanopt is written once against the Python array API
+standard. :func:`namespace` returns the array-API namespace of its arguments
+through ``array_api_compat`` (``array_api_compat.numpy`` or
+``array_api_compat.torch``), so ``xp.linalg.svd``, ``xp.matmul``, ``xp.expm1``
+and friends behave the same on both. The few operations the standard lacks
+(matrix exponential, ``einsum``, seeded random numbers, host scalars) live here
+as small functions that dispatch on the array type. This module is the only
+place in the package that knows which array libraries exist.
+
+Device and dtype
+----------------
+Results keep the device and dtype of the inputs. Nothing here moves data to
+the host except :func:`to_float`, which is meant for the scalars that Pymanopt
+solvers log. Mixing array types, devices or dtypes raises ``ValueError``.
+
+Randomness
+----------
+Random arrays come from an explicit generator: a ``numpy.random.Generator``
+for NumPy, a ``torch.Generator`` for torch, or an integer seed from which
+:func:`make_generator` builds the right one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+try:  # torch is a hard dependency, but keep import errors readable
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+__all__ = [
+    "ArraySpec",
+    "namespace",
+    "is_torch",
+    "check_compatible",
+    "check_finite",
+    "to_float",
+    "einsum",
+    "expm",
+    "make_generator",
+    "random_normal",
+    "spec_of",
+    "eps",
+    "matrix_transpose",
+]
+
+Array = Any
+
+
+def is_torch(x: Array) -> bool:
+    """True for a torch tensor."""
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def check_compatible(*arrays: Array, names: tuple[str, ...] | None = None) -> None:
+    """Raise ``ValueError`` unless all arrays share array type, device and dtype."""
+    arrays = tuple(a for a in arrays if a is not None)
+    if len(arrays) < 2:
+        return
+    labels = names or tuple(f"argument {i}" for i in range(len(arrays)))
+    kinds = {is_torch(a) for a in arrays}
+    if len(kinds) > 1:
+        raise ValueError(
+            "mixed array types: "
+            + ", ".join(f"{n} is {type(a).__name__}" for n, a in zip(labels, arrays))
+        )
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) > 1:
+        raise ValueError(
+            "mixed dtypes: " + ", ".join(f"{n} is {a.dtype}" for n, a in zip(labels, arrays))
+        )
+    if is_torch(arrays[0]):
+        devices = {a.device for a in arrays}
+        if len(devices) > 1:
+            raise ValueError(
+                "mixed devices: "
+                + ", ".join(f"{n} is on {a.device}" for n, a in zip(labels, arrays))
+            )
+
+
+def namespace(*arrays: Array):
+    """Array-API namespace shared by ``arrays`` (``ValueError`` if they mix)."""
+    check_compatible(*arrays)
+    try:
+        return array_api_compat.array_namespace(*(a for a in arrays if a is not None))
+    except TypeError as exc:
+        raise ValueError(f"unsupported array type: {exc}") from None
+
+
+def matrix_transpose(x: Array) -> Array:
+    """Swap the last two axes."""
+    return x.mT if is_torch(x) else np.swapaxes(x, -1, -2)
+
+
+def check_finite(x: Array, name: str = "input") -> None:
+    """Raise ``ValueError`` if ``x`` has a NaN or infinite entry.
+
+    On torch this synchronises once (one boolean to the host); call it on
+    inputs at API boundaries, not inside solver inner loops.
+    """
+    if is_torch(x):
+        ok = bool(torch.isfinite(x).all())
+    else:
+        ok = bool(np.isfinite(x).all())
+    if not ok:
+        raise ValueError(f"{name} contains NaN or infinite entries")
+
+
+def to_float(x: Array) -> float:
+    """A Python float from a 0-d array (the only host transfer in this module)."""
+    if is_torch(x):
+        return float(x.item())
+    return float(x)
+
+
+def eps(x: Array) -> float:
+    """Machine epsilon of the floating dtype of ``x``."""
+    if is_torch(x):
+        return float(torch.finfo(x.dtype).eps)
+    return float(np.finfo(np.asarray(x).dtype).eps)
+
+
+def einsum(subscripts: str, *operands: Array) -> Array:
+    """``einsum`` of NumPy or torch, by operand type."""
+    if is_torch(operands[0]):
+        return torch.einsum(subscripts, *operands)
+    return np.einsum(subscripts, *operands, optimize=True)
+
+
+def expm(x: Array) -> Array:
+    """Matrix exponential over the last two axes (batched)."""
+    if is_torch(x):
+        return torch.linalg.matrix_exp(x)
+    from scipy.linalg import expm as _expm
+
+    return _expm(x)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Where new arrays are made: ``backend`` ("numpy" or "torch"), device and dtype.
+
+    Manifolds hold one so that ``random_point`` and ``zero_vector`` allocate
+    on the right device with the right dtype.
+    """
+
+    backend: str = "numpy"
+    device: Any = None
+    dtype: Any = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("numpy", "torch"):
+            raise ValueError(f"backend must be 'numpy' or 'torch', got {self.backend!r}")
+        if self.backend == "numpy" and self.device not in (None, "cpu"):
+            raise ValueError(f"NumPy arrays live on the CPU; got device={self.device!r}")
+
+    @property
+    def resolved_dtype(self):
+        if self.backend == "torch":
+            if self.dtype is None:
+                return torch.float64
+            if isinstance(self.dtype, str):
+                return getattr(torch, self.dtype)
+            if isinstance(self.dtype, torch.dtype):
+                return self.dtype
+            return getattr(torch, np.dtype(self.dtype).name)
+        if self.dtype is None:
+            return np.dtype(np.float64)
+        if torch is not None and isinstance(self.dtype, torch.dtype):
+            return np.dtype(str(self.dtype).removeprefix("torch."))
+        return np.dtype(self.dtype)
+
+    @property
+    def resolved_device(self):
+        if self.backend == "torch":
+            return torch.device(self.device if self.device is not None else "cpu")
+        return None
+
+    def asarray(self, x: Array) -> Array:
+        """Convert ``x`` into this spec's array type, device and dtype."""
+        if self.backend == "torch":
+            if is_torch(x):
+                return x.to(device=self.resolved_device, dtype=self.resolved_dtype)
+            return torch.as_tensor(
+                np.asarray(x), dtype=self.resolved_dtype, device=self.resolved_device
+            )
+        if is_torch(x):
+            x = x.detach().cpu().numpy()
+        return np.asarray(x, dtype=self.resolved_dtype)
+
+    def zeros(self, shape: tuple[int, ...]) -> Array:
+        if self.backend == "torch":
+            return torch.zeros(shape, dtype=self.resolved_dtype, device=self.resolved_device)
+        return np.zeros(shape, dtype=self.resolved_dtype)
+
+    def eye(self, n: int) -> Array:
+        if self.backend == "torch":
+            return torch.eye(n, dtype=self.resolved_dtype, device=self.resolved_device)
+        return np.eye(n, dtype=self.resolved_dtype)
+
+    def generator(self, seed: Any = None):
+        """A generator for this spec (see :func:`make_generator`)."""
+        return make_generator(seed, self)
+
+    def randn(self, shape: tuple[int, ...], generator: Any = None) -> Array:
+        """Standard normal array of ``shape``; ``generator`` is a generator or seed."""
+        return random_normal(shape, self, generator)
+
+    def check(self, x: Array, name: str = "point") -> None:
+        """Raise ``ValueError`` if ``x`` is not of this spec's type, device and dtype."""
+        if self.backend == "torch":
+            if not is_torch(x):
+                raise ValueError(f"{name} must be a torch tensor, got {type(x).__name__}")
+            if x.dtype != self.resolved_dtype:
+                raise ValueError(f"{name} has dtype {x.dtype}, expected {self.resolved_dtype}")
+            dev = self.resolved_device
+            if x.device.type != dev.type or (
+                dev.index is not None and x.device.index != dev.index
+            ):
+                raise ValueError(f"{name} is on {x.device}, expected {dev}")
+        else:
+            if is_torch(x):
+                raise ValueError(f"{name} must be a NumPy array, got a torch tensor")
+
+
+def spec_of(x: Array) -> ArraySpec:
+    """The :class:`ArraySpec` that makes arrays like ``x``."""
+    if is_torch(x):
+        return ArraySpec("torch", x.device, x.dtype)
+    return ArraySpec("numpy", None, np.asarray(x).dtype)
+
+
+def make_generator(seed: Any = None, spec: ArraySpec | None = None):
+    """Random generator for ``spec``'s backend.
+
+    ``seed`` may already be a generator of the right kind (returned as is), an
+    integer seed, or None (fresh entropy). A NumPy generator passed to a torch
+    spec seeds a torch generator from it, so one seed drives both.
+    """
+    spec = spec or ArraySpec()
+    if spec.backend == "torch":
+        if isinstance(seed, torch.Generator):
+            return seed
+        device = spec.resolved_device
+        gen = torch.Generator(device=device)
+        if seed is None:
+            gen.seed()
+        elif isinstance(seed, np.random.Generator):
+            gen.manual_seed(int(seed.integers(0, 2**63 - 1)))
+        else:
+            gen.manual_seed(int(seed))
+        return gen
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if torch is not None and isinstance(seed, torch.Generator):
+        return np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=seed)))
+    return np.random.default_rng(seed)
+
+
+def random_normal(shape: tuple[int, ...], spec: ArraySpec, generator: Any = None) -> Array:
+    """Standard normal array of ``shape`` made by ``spec`` from ``generator``."""
+    gen = make_generator(generator, spec)
+    if spec.backend == "torch":
+        return torch.randn(
+            shape, generator=gen, dtype=spec.resolved_dtype, device=spec.resolved_device
+        )
+    return gen.standard_normal(shape).astype(spec.resolved_dtype, copy=False)

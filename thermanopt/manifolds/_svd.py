@@ -1,0 +1,92 @@
+"""Shared spectral helpers of the deep linear network (DLN).
+
+All geometry of the DLN observable space is diagonal in the SVD basis of the
+end-to-end matrix X = U diag(s) V^T. This module computes that SVD and the
+Hadamard multiplier of the metric g_N once, for every consumer (metric, lift,
+projection, entropy):
+
+    K_ij = sum_{k=0}^{N-1} a_i^{N-1-k} a_j^k,   a_i = s_i^(2/N),
+
+which equals (s_i^2 - s_j^2) / (s_i^(2/N) - s_j^(2/N)) off the diagonal and
+N s_i^(2(N-1)/N) when s_i = s_j (Menon & Yu, arXiv 2509.09088; Bah et al.,
+arXiv 1910.05505). With x = log s^2 and delta = x_i - x_j,
+
+    log K_ij = ((N-1)/(2N)) (x_i + x_j) + log N + h(|delta|/2) - h(|delta|/(2N)),
+    h(y) = log(sinh(y) / y),
+
+which has no 0/0 at coinciding singular values (h(0) = 0) and keeps full
+relative accuracy for gaps down to 0 and singular values from 1e-300 upward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._backend import matrix_transpose, namespace
+
+Array = Any
+
+__all__ = ["SVD", "svd", "log_K", "multiplier_K", "log_sinhc"]
+
+
+class SVD(NamedTuple):
+    """X = U diag(s) V^T with s sorted in decreasing order."""
+
+    U: Array
+    s: Array
+    V: Array
+
+
+def svd(X: Array) -> SVD:
+    """Thin SVD over the last two axes, returning (U, s, V) with X = U diag(s) V^T.
+
+    Singular values are non-negative and decreasing (the LAPACK convention).
+    Batched over leading axes; keeps device and dtype.
+    """
+    xp = namespace(X)
+    U, s, Vt = xp.linalg.svd(X, full_matrices=False)
+    return SVD(U, s, matrix_transpose(Vt))
+
+
+def log_sinhc(y: Array) -> Array:
+    """h(y) = log(sinh(y) / y) for y >= 0, with h(0) = 0, accurate for every y.
+
+    Series y^2/6 - y^4/180 + y^6/2835 below 1e-2, log(sinh(y)/y) up to 20,
+    and y - log(2y) + log1p(-exp(-2y)) beyond (no overflow).
+    """
+    xp = namespace(y)
+    small = y < 1e-2
+    large = y > 20.0
+    y2 = y * y
+    series = y2 * (1.0 / 6.0 - y2 * (1.0 / 180.0 - y2 / 2835.0))
+    mid_y = xp.where(small | large, xp.ones_like(y), y)
+    mid = xp.log(xp.sinh(mid_y) / mid_y)
+    big_y = xp.where(large, y, xp.ones_like(y) * 30.0)
+    big = big_y - xp.log(2.0 * big_y) + xp.log1p(-xp.exp(-2.0 * big_y))
+    return xp.where(small, series, xp.where(large, big, mid))
+
+
+def log_K(s: Array, depth: int) -> Array:
+    """log K_ij(s) for singular values ``s`` (shape (..., d)) -> shape (..., d, d).
+
+    Stable through s_i = s_j (limit log N + ((N-1)/N) log s_i^2) and for tiny or
+    huge s; depth 1 gives 0. Requires s > 0 (log s enters).
+    """
+    xp = namespace(s)
+    N = int(depth)
+    if N < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    x = 2.0 * xp.log(s)
+    xi = x[..., :, None]
+    xj = x[..., None, :]
+    y = xp.abs(xi - xj) / 2.0
+    if N == 1:
+        return xp.zeros_like(y)
+    return ((N - 1) / (2.0 * N)) * (xi + xj) + math.log(N) + log_sinhc(y) - log_sinhc(y / N)
+
+
+def multiplier_K(s: Array, depth: int) -> Array:
+    """The Hadamard multiplier K_ij(s) of A_{N,X} (shape (..., d, d)), positive."""
+    xp = namespace(s)
+    return xp.exp(log_K(s, depth))
