@@ -223,9 +223,7 @@ class ArraySpec:
             if x.dtype != self.resolved_dtype:
                 raise ValueError(f"{name} has dtype {x.dtype}, expected {self.resolved_dtype}")
             dev = self.resolved_device
-            if x.device.type != dev.type or (
-                dev.index is not None and x.device.index != dev.index
-            ):
+            if x.device.type != dev.type or (dev.index is not None and x.device.index != dev.index):
                 raise ValueError(f"{name} is on {x.device}, expected {dev}")
         else:
             if is_torch(x):

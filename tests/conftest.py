@@ -1,0 +1,29 @@
+"""Shared fixtures: backends, dtypes, CUDA skipping, a headless matplotlib."""
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    HAS_CUDA = False
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_cuda)
+
+
+BACKENDS = [("numpy", "float64"), ("torch", "float64"), ("numpy", "float32"), ("torch", "float32")]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda p: f"{p[0]}-{p[1]}")
+def backend_dtype(request):
+    """(backend, dtype) pairs every manifold is tested on."""
+    return request.param
