@@ -88,12 +88,32 @@ def check_compatible(*arrays: Array, names: tuple[str, ...] | None = None) -> No
 
 
 def namespace(*arrays: Array):
-    """Array-API namespace shared by ``arrays`` (``ValueError`` if they mix)."""
+    """Array-API namespace shared by ``arrays`` (``ValueError`` if they mix).
+
+    Fast path for the common case (all torch tensors of one device and dtype,
+    or all NumPy arrays of one dtype); anything else goes through
+    :func:`check_compatible` and ``array_api_compat``.
+    """
+    first = arrays[0]
+    if torch is not None and type(first) is torch.Tensor:
+        if all(
+            type(a) is torch.Tensor and a.dtype == first.dtype and a.device == first.device
+            for a in arrays[1:]
+        ):
+            return _TORCH_NAMESPACE
+    elif type(first) is np.ndarray and all(
+        type(a) is np.ndarray and a.dtype == first.dtype for a in arrays[1:]
+    ):
+        return _NUMPY_NAMESPACE
     check_compatible(*arrays)
     try:
         return array_api_compat.array_namespace(*(a for a in arrays if a is not None))
     except TypeError as exc:
         raise ValueError(f"unsupported array type: {exc}") from None
+
+
+_NUMPY_NAMESPACE = array_api_compat.array_namespace(np.zeros(1))
+_TORCH_NAMESPACE = array_api_compat.array_namespace(torch.zeros(1)) if torch is not None else None
 
 
 def matrix_transpose(x: Array) -> Array:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import eps as _eps
-from ._backend import is_torch
+from ._backend import is_torch, make_generator
 
 __all__ = [
     "DiagnosticResult",
@@ -148,8 +148,15 @@ def _steps(x, n: int = 41, hi: float = -1.0) -> np.ndarray:
     return np.logspace(lo, hi, n)
 
 
+def _generator(manifold, generator):
+    """One generator for all draws of a check (a seed would repeat the same numbers)."""
+    spec = getattr(manifold, "spec", None)
+    return make_generator(generator, spec) if spec is not None else generator
+
+
 def _start(problem, point, direction, generator):
     manifold = problem.manifold
+    generator = _generator(manifold, generator)
     if point is None:
         point = _random_point(manifold, generator)
     if direction is None:
@@ -301,6 +308,7 @@ def check_retraction(
     first-order retraction). ``distance`` defaults to the ambient Frobenius
     distance, which is equivalent to the Riemannian one for small t.
     """
+    generator = _generator(manifold, generator)
     if point is None:
         point = _random_point(manifold, generator)
     if direction is None:

@@ -63,8 +63,8 @@ class Sphere(Manifold):
         return True
 
     def inner_product(self, point: Array, u: Array, v: Array) -> float:
-        xp = namespace(u, v)
-        return to_float(xp.sum(u * v))
+        namespace(u, v)  # type/device/dtype check
+        return to_float((u * v).sum())
 
     def norm(self, point: Array, u: Array) -> float:
         return math.sqrt(max(self.inner_product(point, u, u), 0.0))
@@ -75,8 +75,8 @@ class Sphere(Manifold):
         return math.acos(min(1.0, max(-1.0, c)))
 
     def projection(self, point: Array, vector: Array) -> Array:
-        xp = namespace(point, vector)
-        return vector - xp.sum(point * vector) * point
+        namespace(point, vector)
+        return vector - (point * vector).sum() * point
 
     to_tangent_space = projection
 

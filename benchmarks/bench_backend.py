@@ -1,0 +1,214 @@
+"""Per-iteration cost of Pymanopt solvers on torch tensors through thermanopt.function.torch.
+
+Problem: leading eigenvector of a symmetric n x n matrix on the sphere
+(f(x) = -x^T A x), sizes 64..1024. For each size and solver it prints
+
+- ours: seconds per iteration of Pymanopt's unmodified solver on torch tensors
+  through ``thermanopt.function.torch``;
+- hand: a hand-written torch loop doing the same maths (for SteepestDescent:
+  the same Armijo backtracking with the same constants; for TrustRegions: the
+  same number of cost, gradient and Hessian-vector evaluations the solver made,
+  with the same retractions), so ``ours/hand`` is the overhead of Pymanopt's
+  machinery plus our backend (target <= 1.2);
+- stock: Pymanopt's own NumPy/autograd path on the same problem, so
+  ``stock/ours`` is the speed-up (target >= 10 at n = 1024 on CUDA).
+
+Usage: python benchmarks/bench_backend.py [--quick] [--device cuda] [--dtype float64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pymanopt
+import torch
+from pymanopt.optimizers import SteepestDescent, TrustRegions
+
+import thermanopt.function
+from thermanopt.manifolds import Sphere
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Counter:
+    """Counts cost, gradient and Hessian-vector calls of a problem."""
+
+    def __init__(self):
+        self.cost = self.grad = self.hess = 0
+
+
+def torch_problem(A, manifold, counter=None):
+    """The Rayleigh problem on torch tensors; ``counter`` counts evaluations."""
+
+    @thermanopt.function.torch(manifold)
+    def cost(x):
+        return -x @ A @ x
+
+    if counter is not None:
+        f, g, h = cost._function, cost.get_gradient_operator(), cost.get_hessian_operator()
+
+        def counted(fn, field):
+            def wrapper(*args):
+                setattr(counter, field, getattr(counter, field) + 1)
+                return fn(*args)
+
+            return wrapper
+
+        cost._function = counted(f, "cost")
+        cost._gradient = counted(g, "grad")
+        cost._hessian = counted(h, "hess")
+    return pymanopt.Problem(manifold, cost)
+
+
+def hand_sd(A, x, iterations):
+    """Riemannian steepest descent doing what Pymanopt's SteepestDescent does.
+
+    Per iteration: cost and gradient at x, the gradient norm, then the
+    backtracking line search with Pymanopt's rule and constants (initial step
+    from the last decrease, Armijo test, rejection of non-decreasing steps),
+    with the same host scalars (cost, norms, slope).
+    """
+    contraction, optimism, suff, max_ls = 0.5, 2.0, 1e-4, 25
+
+    def cost(y):
+        return float(-(y @ A @ y))
+
+    def retract(y, v):
+        z = y + v
+        return z / torch.linalg.vector_norm(z)
+
+    oldf0 = None
+    for _ in range(iterations):
+        f0 = cost(x)
+        xg = x.detach().requires_grad_(True)
+        (egrad,) = torch.autograd.grad(-(xg @ A @ xg), xg)
+        grad = egrad - (x @ egrad) * x
+        gnorm = float(torch.linalg.vector_norm(grad))
+        d = -grad
+        df0 = float((grad * d).sum())
+        norm_d = float(torch.linalg.vector_norm(d))
+        alpha = optimism * 2 * (f0 - oldf0) / df0 if oldf0 is not None else 1.0 / norm_d
+        newx = retract(x, alpha * d)
+        newf, k = cost(newx), 1
+        while newf > f0 + suff * alpha * df0 and k <= max_ls:
+            alpha *= contraction
+            newx = retract(x, alpha * d)
+            newf, k = cost(newx), k + 1
+        if newf > f0:
+            newx = x
+        oldf0 = f0
+        x = newx
+        del gnorm
+    return x
+
+
+def hand_counted(A, x, counter, iterations):
+    """The evaluations a TrustRegions run made, done by hand on torch tensors."""
+    u = torch.randn_like(x)
+    u = u - (x @ u) * x
+    for _ in range(counter.cost):
+        float(-(x @ A @ x))
+    for _ in range(counter.grad):
+        xg = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(-(xg @ A @ xg), xg)
+        g - (x @ g) * x
+    for _ in range(counter.hess):
+        xg = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(-(xg @ A @ xg), xg, create_graph=True)
+        (h,) = torch.autograd.grad((g * u).sum(), xg)
+        float(u @ (h - (x @ h) * x))  # the inner products tCG logs
+    for _ in range(iterations):
+        y = x + 0.1 * u
+        y / torch.linalg.vector_norm(y)
+
+
+def stock_problem(A_np, n):
+    manifold = Sphere(n)
+
+    @pymanopt.function.autograd(manifold)
+    def cost(x):
+        return -x @ A_np @ x
+
+    return pymanopt.Problem(manifold, cost)
+
+
+def timed(fn, device, repeat=3):
+    best = np.inf
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def bench_size(n, iters, device, dtype):
+    """Rows (solver, n, s/iter, ours/hand, stock/ours) for one size."""
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((n, n))
+    A_np = (B + B.T) / 2
+    A = torch.as_tensor(A_np, dtype=getattr(torch, dtype), device=device)
+    manifold = Sphere(n, backend="torch", device=device, dtype=dtype)
+    x0 = manifold.random_point(generator=1)
+    x0_np = x0.detach().cpu().double().numpy()
+    rows = []
+
+    def sd_ours():
+        opt = SteepestDescent(verbosity=0, max_iterations=iters, min_gradient_norm=0)
+        return opt.run(torch_problem(A, manifold), initial_point=x0)
+
+    def sd_stock():
+        opt = SteepestDescent(verbosity=0, max_iterations=iters, min_gradient_norm=0)
+        return opt.run(stock_problem(A_np, n), initial_point=x0_np)
+
+    t_ours, res = timed(sd_ours, device)
+    it = max(int(res.iterations), 1)
+    t_hand, _ = timed(lambda: hand_sd(A, x0, it), device)
+    t_stock, res_s = timed(sd_stock, "cpu")
+    per_stock = t_stock / max(int(res_s.iterations), 1)
+    rows.append(("SteepestDescent", n, t_ours / it, t_ours / t_hand, per_stock / (t_ours / it)))
+
+    counter = Counter()
+
+    def tr_ours():
+        counter.__init__()
+        opt = TrustRegions(verbosity=0, max_iterations=max(iters // 5, 3), min_gradient_norm=0)
+        return opt.run(torch_problem(A, manifold, counter), initial_point=x0)
+
+    def tr_stock():
+        opt = TrustRegions(verbosity=0, max_iterations=max(iters // 5, 3), min_gradient_norm=0)
+        return opt.run(stock_problem(A_np, n), initial_point=x0_np)
+
+    t_ours, res = timed(tr_ours, device, repeat=2)
+    it = max(int(res.iterations), 1)
+    t_hand, _ = timed(lambda: hand_counted(A, x0, counter, it), device, repeat=2)
+    t_stock, res_s = timed(tr_stock, "cpu", repeat=2)
+    per_stock = t_stock / max(int(res_s.iterations), 1)
+    rows.append(("TrustRegions", n, t_ours / it, t_ours / t_hand, per_stock / (t_ours / it)))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float64")
+    args = parser.parse_args(argv)
+    sizes = [64, 256] if args.quick else [64, 256, 1024]
+    iters = 20 if args.quick else 50
+    rows = [r for n in sizes for r in bench_size(n, iters, args.device, args.dtype)]
+    print(f"device={args.device} dtype={args.dtype} torch={torch.__version__}")
+    print(f"{'solver':<16}{'n':>6}{'s/iter (ours)':>16}{'ours/hand':>12}{'stock/ours':>12}")
+    for name, n, t, r_hand, r_stock in rows:
+        print(f"{name:<16}{n:>6}{t:>16.2e}{r_hand:>12.2f}{r_stock:>12.2f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
