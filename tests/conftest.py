@@ -1,13 +1,23 @@
-"""Shared fixtures: backends, dtypes, CUDA skipping, a headless matplotlib."""
+"""Shared fixtures: backends, dtypes, CUDA skipping, a headless matplotlib.
 
-import matplotlib
-import pytest
+Tests run on tiny matrices: one BLAS/OpenMP thread per process avoids thread
+oversubscription (on 2 loaded cores a 3x3 expm took 18 ms instead of 17 us).
+"""
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
 
 matplotlib.use("Agg")
 
 try:
     import torch
 
+    torch.set_num_threads(1)
     HAS_CUDA = torch.cuda.is_available()
 except ImportError:  # pragma: no cover
     HAS_CUDA = False
