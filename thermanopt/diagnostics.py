@@ -111,6 +111,12 @@ def fit_slope(
     """
     steps = np.asarray(steps, dtype=float)
     errors = np.asarray(errors, dtype=float)
+    # the smallest steps measure rounding noise (in float32 it sits far above
+    # eps * |f|): stay a decade above it
+    smallest = errors[: max(3, len(errors) // 8)]
+    smallest = smallest[np.isfinite(smallest)]
+    if smallest.size:
+        floor = max(floor, 10.0 * float(np.median(smallest)))
     clean = np.isfinite(errors) & (errors > floor)
     if not clean.any():
         return math.nan, (0, 0), True
