@@ -1,1 +1,5 @@
-"""thermanopt.nn."""
+"""Torch modules of the deep linear network: :class:`DeepLinear`."""
+
+from .deep_linear import DeepLinear
+
+__all__ = ["DeepLinear"]

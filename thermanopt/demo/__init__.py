@@ -29,13 +29,31 @@ class StageResult:
 
 
 @dataclass
+class Context:
+    """What every stage gets: output folder, device, size switch, seed, progress
+    bar, and ``shared`` (results earlier stages hand to later ones)."""
+
+    out: Path
+    device: str
+    quick: bool
+    seed: int
+    progress: Any = None
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def tick(self, n: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.update(n)
+
+
+@dataclass
 class Stage:
-    """A demo stage: ``run(out, device, quick, seed, progress) -> StageResult``."""
+    """A demo stage: ``run(ctx) -> StageResult`` with ``steps`` progress ticks."""
 
     key: str
     title: str
     requires: tuple[str, ...]
-    run: Callable[..., StageResult]
+    run: Callable[[Context], StageResult]
+    steps: int = 1
 
 
 def _progress(total: int, desc: str):
@@ -62,7 +80,7 @@ def _missing(requires: tuple[str, ...]) -> list[str]:
 # ---------------------------------------------------------------- stage 0
 
 
-def _stage_backend(out: Path, device: str, quick: bool, seed: int, progress) -> StageResult:
+def _stage_backend(ctx: Context) -> StageResult:
     """Pymanopt's TrustRegions on torch tensors through thermanopt.function.torch."""
     import numpy as np
     import pymanopt
@@ -72,7 +90,8 @@ def _stage_backend(out: Path, device: str, quick: bool, seed: int, progress) -> 
     import thermanopt.function
     from thermanopt.manifolds import Sphere
 
-    n = 64 if quick else 512
+    device, seed = ctx.device, ctx.seed
+    n = 64 if ctx.quick else 512
     rng = np.random.default_rng(seed)
     B = rng.standard_normal((n, n))
     A = torch.as_tensor((B + B.T) / 2, device=device)
@@ -89,7 +108,7 @@ def _stage_backend(out: Path, device: str, quick: bool, seed: int, progress) -> 
     )
     elapsed = time.perf_counter() - t0
     lam = float(torch.linalg.eigvalsh(A)[-1])
-    progress.update(1)
+    ctx.tick()
     numbers = {
         "size": n,
         "device": str(result.point.device),
@@ -107,12 +126,35 @@ def _stage_backend(out: Path, device: str, quick: bool, seed: int, progress) -> 
     return StageResult(numbers=numbers, text=text)
 
 
+def _lazy(module: str, name: str) -> Callable[[Context], StageResult]:
+    def run(ctx: Context) -> StageResult:
+        import importlib
+
+        return getattr(importlib.import_module(f"thermanopt.demo.{module}"), name)(ctx)
+
+    return run
+
+
 STAGES: list[Stage] = [
     Stage(
         "backend",
         "Pymanopt on torch tensors (device-native backend)",
         ("thermanopt.function",),
         _stage_backend,
+    ),
+    Stage(
+        "geometry",
+        "1. Geometry: matrix sensing on the DLN manifolds vs Euclidean Adam",
+        ("thermanopt.manifolds:ObservableQuotient", "thermanopt.manifolds:BalancedManifold"),
+        _lazy("geometry", "stage_geometry"),
+        steps=3,
+    ),
+    Stage(
+        "entropy",
+        "2. Entropy: the Boltzmann entropy of the deep linear network",
+        ("thermanopt.entropy:dln_entropy",),
+        _lazy("geometry", "stage_entropy"),
+        steps=2,
     ),
 ]
 
@@ -142,6 +184,7 @@ def run_demo(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"device": device, "quick": quick, "seed": seed, "stages": {}}
+    ctx = Context(folder, device, quick, seed)
     lines = ["# thermanopt demo report", ""]
     for stage in STAGES:
         missing = _missing(stage.requires)
@@ -152,8 +195,9 @@ def run_demo(
             print(f"[{stage.key}] skipped: missing {', '.join(missing)}")
             continue
         t0 = time.perf_counter()
-        with _progress(1, stage.key) as bar:
-            res = stage.run(folder, device, quick, seed, bar)
+        with _progress(stage.steps, stage.key) as bar:
+            ctx.progress = bar
+            res = stage.run(ctx)
         res.numbers["stage_time_s"] = time.perf_counter() - t0
         results["stages"][stage.key] = {"numbers": res.numbers, "figures": res.figures}
         lines += [res.text, ""]

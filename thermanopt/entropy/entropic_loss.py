@@ -1,0 +1,755 @@
+"""Entropic loss and entropic forces of (stochastic) gradient descent.
+
+Ziyin, Xu & Chuang (arXiv 2505.12387, "Neural Thermodynamics I") define the *entropic
+loss* phi_eta of a discrete training algorithm by backward error analysis: gradient flow
+``d theta/dt = -grad phi_eta`` run for time ``eta`` reproduces one step of the algorithm
+with step ``eta`` up to O(eta^3). To leading order (design note ``entropic-forces.md``
+sections 1.2-1.4; Barrett & Dherin 2021, Smith et al. 2021)::
+
+    GD:   phi = L_gamma + (eta/4) ||grad L_gamma||^2
+    SGD:  phi = L_gamma + (eta/4) ||grad L_gamma||^2 + (eta/4) E_B ||g_B - g||^2
+              = L_gamma + (eta/4) ||grad L_gamma||^2 + (eta/(4B)) tr Sigma   (with replacement)
+
+with ``L_gamma = L + (gamma/2) ||theta||^2`` (coupled weight decay gamma), ``g_B`` the
+gradient of a minibatch of ``B`` samples drawn from the ``N`` samples of ``batch`` and
+``Sigma = Cov_i[grad ell_i]`` the (population) covariance of the per-sample gradients.
+Drawing the minibatch without replacement multiplies the noise term by ``(N-B)/(N-1)``.
+The correction ``phi - L_gamma`` plays the role of ``-T S`` (temperature times effective
+entropy); minus its gradient is the *entropic force*.
+
+For a matrix learning rate (preconditioned GD, the frozen-preconditioner view of Adam)
+``theta' = theta - eta * Lambda g_B`` the modified flow is ``d theta/dt = -Lambda grad phi``
+with every squared norm replaced by the Lambda-norm (note section 1.4)::
+
+    phi^Lambda = L_gamma + (eta/4) g^T Lambda g + (eta/4) E_B (g_B - g)^T Lambda (g_B - g).
+
+The module also provides the *exact* per-step law of quadratic conserved quantities (note
+section 2.0): if ``A`` is a symmetric generator of a per-sample symmetry of the loss, the
+charge ``C = theta^T A theta`` obeys, under ``theta' = (1 - eta gamma) theta - eta g_B``::
+
+    C' = (1 - eta gamma)^2 C + eta^2 g_B^T A g_B          (an identity, for every eta, B)
+
+(:func:`conserved_quantity_step`, :func:`predicted_next`), and its matrix form for two
+consecutive linear maps, ``Q = W1 W1^T - W2^T W2`` (:func:`layer_balance`,
+:func:`layer_balance_next`).
+
+The noise term needs ``mean_i ||grad ell_i - g||^2`` over the per-sample gradients. For a
+general model they are computed with ``torch.func`` (``functional_call`` + ``vmap`` +
+``grad``); for models built from ``nn.Linear`` layers the per-sample norms come from the
+layers' inputs and output gradients of the ordinary backward pass ("ghost norms",
+Goodfellow 2015), at little more than the cost of the gradient. The Hessian is never formed,
+and the whole value is differentiable (double backward) so that a model can be trained on
+``total``. :func:`adam_preconditioner` turns an Adam state into the diagonal ``Lambda``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_flatten, tree_map
+
+from thermanopt._backend import check_compatible, check_finite, namespace
+
+__all__ = [
+    "EntropicLoss",
+    "ChargeStep",
+    "entropic_loss",
+    "entropic_force",
+    "conserved_quantity",
+    "conserved_quantity_step",
+    "predicted_next",
+    "layer_balance",
+    "layer_balance_next",
+    "adam_preconditioner",
+]
+
+Preconditioner = float | Mapping[str, torch.Tensor] | Callable[[dict], dict] | None
+
+
+class EntropicLoss(NamedTuple):
+    """Parts of the entropic loss, 0-d tensors with ``total = loss + discretization + noise``.
+
+    ``loss`` is ``L_gamma = L + (weight_decay/2) ||theta||^2`` (the loss the optimizer sees),
+    ``discretization`` is ``(lr/4) ||grad L_gamma||_Lambda^2`` and ``noise`` is
+    ``(lr/4) E_B ||g_B - g||_Lambda^2`` (zero for full-batch GD).
+    """
+
+    total: torch.Tensor
+    loss: torch.Tensor
+    discretization: torch.Tensor
+    noise: torch.Tensor
+
+
+class ChargeStep(NamedTuple):
+    """One step of a quadratic charge ``C = theta^T A theta``.
+
+    ``predicted = (1 - lr*gamma)^2 * charge + lr^2 * g_B^T A g_B = charge + decay + entropic``,
+    where ``entropic = lr^2 g_B^T A g_B`` is the drift caused by the finite step (the entropic
+    force projected on the symmetry orbit) and ``decay = ((1 - lr*gamma)^2 - 1) * charge`` the
+    explicit weight-decay part.
+    """
+
+    charge: Any
+    predicted: Any
+    entropic: Any
+    decay: Any
+
+
+# ---------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _math_attention(enabled: bool = True):
+    """Use the composite ("math") scaled-dot-product attention inside the context.
+
+    The fused flash/memory-efficient attention kernels have no double backward and no
+    ``vmap`` batching rule; the math kernel is built from differentiable, batchable ops.
+    """
+    return sdpa_kernel([SDPBackend.MATH]) if enabled else contextlib.nullcontext()
+
+
+def _check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+        value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value}")
+    return value
+
+
+def _leading_size(tree: Any, name: str) -> int:
+    leaves, _ = tree_flatten(tree)
+    leaves = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+    if not leaves:
+        raise ValueError(f"{name} must contain at least one tensor")
+    sizes = set()
+    for leaf in leaves:
+        if leaf.dim() == 0:
+            raise ValueError(f"{name} must have a leading sample dimension, got a 0-d tensor")
+        sizes.add(leaf.shape[0])
+    if len(sizes) != 1:
+        raise ValueError(f"tensors in {name} disagree on the number of samples: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any, int]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError("batch must be a pair (inputs, targets)")
+    inputs, targets = batch
+    n_in = _leading_size(inputs, "inputs")
+    n_t = _leading_size(targets, "targets")
+    if n_in != n_t:
+        raise ValueError(f"inputs have {n_in} samples but targets have {n_t}")
+    return inputs, targets, n_in
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("model has no trainable parameters (requires_grad=True)")
+    return params
+
+
+def _make_preconditioner(
+    preconditioner: Preconditioner, params: Mapping[str, torch.Tensor]
+) -> Callable[[dict], dict] | None:
+    """Return a function applying Lambda to a dict of parameter-shaped tensors (or None)."""
+    if preconditioner is None:
+        return None
+    if callable(preconditioner) and not isinstance(preconditioner, Mapping):
+        return preconditioner
+    if isinstance(preconditioner, Mapping):
+        unknown = set(preconditioner) - set(params)
+        missing = set(params) - set(preconditioner)
+        if unknown:
+            raise ValueError(f"preconditioner names unknown parameters: {sorted(unknown)}")
+        if missing:
+            raise ValueError(f"preconditioner misses trainable parameters: {sorted(missing)}")
+        diag = {}
+        for n, d in preconditioner.items():
+            p = params[n]
+            d = torch.as_tensor(d)
+            if d.device != p.device or d.dtype != p.dtype:
+                raise ValueError(
+                    f"preconditioner[{n!r}] is {d.dtype} on {d.device}, "
+                    f"parameter is {p.dtype} on {p.device}"
+                )
+            try:
+                torch.broadcast_shapes(d.shape, p.shape)
+            except RuntimeError:
+                raise ValueError(
+                    f"preconditioner[{n!r}] has shape {tuple(d.shape)}, not broadcastable to "
+                    f"the parameter shape {tuple(p.shape)}"
+                ) from None
+            check_finite(d, f"preconditioner[{n!r}]")
+            if bool((d < 0).any()):
+                raise ValueError(f"preconditioner[{n!r}] has negative entries (must be PSD)")
+            diag[n] = d
+        return lambda v: {n: diag[n] * t for n, t in v.items()}
+    scale = _check_positive(preconditioner, "preconditioner")
+    return lambda v: {n: scale * t for n, t in v.items()}
+
+
+def _sq_norm(v: Mapping[str, torch.Tensor], precond: Callable[[dict], dict] | None):
+    """``sum_n <v_n, (Lambda v)_n>``."""
+    pv = v if precond is None else precond(dict(v))
+    return sum((v[n] * pv[n]).sum() for n in v)
+
+
+# ---------------------------------------------------------------------------------------
+# entropic loss
+
+
+def entropic_loss(
+    model: torch.nn.Module,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    batch: tuple[Any, Any],
+    lr: float,
+    *,
+    batch_size: int | None = None,
+    weight_decay: float = 0.0,
+    per_sample: bool = False,
+    preconditioner: Preconditioner = None,
+    replacement: bool = True,
+    chunk_size: int | None = None,
+    noise_method: str = "auto",
+) -> EntropicLoss:
+    """Leading-order entropic (modified) loss of GD or SGD at the model's current parameters.
+
+    Formula (Ziyin, Xu & Chuang 2025; design note ``entropic-forces.md`` sections 1.2-1.4)::
+
+        total = L_gamma + (lr/4) ||grad L_gamma||_Lambda^2 + (lr/4) E_B ||g_B - g||_Lambda^2
+
+    where ``L = loss_fn(model(inputs), targets)`` over the ``N`` samples of
+    ``batch = (inputs, targets)``, ``L_gamma = L + (weight_decay/2) ||theta||^2`` over the
+    trainable parameters, and ``||v||_Lambda^2 = v^T Lambda v`` (``Lambda = I`` without a
+    preconditioner). Gradient flow on ``total`` for time ``lr`` (with the flow
+    ``d theta/dt = -Lambda grad total`` when preconditioned) matches one step
+    ``theta' = theta - lr Lambda (g + weight_decay theta)`` with local error O(lr^3).
+
+    The noise term is the minibatch variance of SGD that draws ``B = batch_size`` of the
+    ``N`` samples of ``batch``::
+
+        E_B ||g_B - g||_Lambda^2 = (1/B) mean_i (g_i - g)^T Lambda (g_i - g)   (with replacement)
+
+    times ``(N - B)/(N - 1)`` without replacement, with ``g_i`` the per-sample gradients
+    (``torch.func.vmap`` of ``torch.func.grad`` over samples; the Hessian is never formed).
+    Weight decay does not enter it (it shifts every ``g_i`` by the same ``gamma theta``).
+
+    Scaled-dot-product attention runs with the composite "math" kernel wherever a double
+    backward or ``vmap`` is needed (the fused kernels support neither).
+
+    Parameters
+    ----------
+    model, loss_fn, batch
+        ``loss_fn(model(inputs), targets)`` must be a 0-d tensor equal to the *mean* of the
+        per-sample losses (``reduction="mean"``); with the noise term this is checked and a
+        ``ValueError`` names a violation (sum reduction, BatchNorm in training mode, dropout).
+        ``inputs``/``targets`` are tensors (or pytrees of tensors) sharing a leading sample
+        dimension.
+    lr
+        Learning rate eta > 0.
+    batch_size
+        Minibatch size B of the SGD whose entropic loss is wanted; ``None`` means full-batch
+        GD (no noise term) unless ``per_sample=True``.
+    weight_decay
+        Coupled weight decay gamma >= 0 (part of the gradient). For decoupled (AdamW-style)
+        decay pass 0: it only contributes its exact shrink factor ``(1 - lr*gamma)``.
+    per_sample
+        With ``batch_size=None``: SGD on single samples (B = 1).
+    preconditioner
+        The matrix learning rate Lambda (symmetric positive semi-definite) of
+        ``theta' = theta - lr Lambda g_B``: a positive number (``Lambda = c I``), a mapping
+        ``{parameter name: tensor broadcastable to the parameter}`` (diagonal Lambda, e.g.
+        ``1 / (sqrt(v_hat) + eps)`` from Adam's state for the frozen-preconditioner view of
+        Adam), or a callable mapping a dict of parameter-shaped tensors to ``Lambda`` applied
+        to it (linear, symmetric; it is called inside ``vmap`` for the noise term). Every
+        squared gradient norm above becomes the Lambda-norm (note section 1.4); the entropic
+        force of :func:`entropic_force` is then ``-grad`` of the correction, and the modified
+        flow is ``-Lambda grad total``.
+    replacement
+        Minibatches drawn with (default) or without replacement.
+    chunk_size
+        Passed to ``vmap`` for the per-sample gradients: bounds memory (per-sample gradients
+        of ``chunk_size`` samples at a time) at some cost in speed.
+    noise_method
+        ``"vmap"``: per-sample gradients by ``torch.func`` (any model whose samples are
+        independent). ``"ghost"``: models whose trainable parameters all belong to
+        ``nn.Linear`` layers (each called once per forward, on inputs ``(N, ..., in)`` whose
+        first dimension is the sample):
+        ``mean_i ||g_i||_Lambda^2`` from the layers' inputs and output gradients of the one
+        ordinary backward pass ("ghost norms", Goodfellow 2015), without per-sample
+        gradients, then ``E||g_B - g||^2 = (mean_i ||g_i||^2 - ||g||^2) / B`` (loses
+        relative accuracy when the noise is below ~1e-7 (float32) of ``||g||^2``); only
+        scalar or diagonal preconditioners. ``"auto"`` (default): ghost when applicable,
+        else vmap.
+
+    Returns
+    -------
+    EntropicLoss(total, loss, discretization, noise)
+        0-d tensors in the parameters' dtype and device. When autograd is enabled they are
+        differentiable w.r.t. the parameters (``total.backward()`` is a double backward);
+        under ``torch.no_grad()`` they are plain values and cheaper.
+    """
+    lr = _check_positive(lr, "lr")
+    weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+    params = _trainable(model)
+    inputs, targets, n = _split_batch(batch)
+    if batch_size is None:
+        b = 1 if per_sample else None
+    else:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        b = batch_size
+    if b is not None and not replacement and b > n:
+        raise ValueError(
+            f"batch_size {b} exceeds the {n} samples of batch (sampling without replacement)"
+        )
+    precond = _make_preconditioner(preconditioner, params)
+
+    differentiable = torch.is_grad_enabled()
+    names = list(params)
+    if noise_method not in ("auto", "vmap", "ghost"):
+        raise ValueError(f"noise_method must be 'auto', 'vmap' or 'ghost', got {noise_method!r}")
+    layers = None
+    if b is not None and noise_method != "vmap":
+        layers = _ghost_layers(model, params, preconditioner)
+        if layers is None and noise_method == "ghost":
+            raise ValueError(
+                "noise_method='ghost' needs every trainable parameter to be the weight or bias "
+                "of an nn.Linear used once per forward, no BatchNorm in training mode and no "
+                "callable preconditioner"
+            )
+    captured: dict[str, list] = {name: [] for name in layers or {}}
+    hooks = [
+        mod.register_forward_hook(
+            lambda m, inp, out, name=name: captured[name].append(
+                (inp[0], out, getattr(inp[0], "_version", None), getattr(out, "_version", None))
+            )
+        )
+        for name, mod in (layers or {}).items()
+    ]
+    try:
+        with torch.enable_grad(), _math_attention(differentiable):
+            output = model(inputs)
+            loss = loss_fn(output, targets)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
+            loss = loss.reshape(())
+            check_finite(loss.detach(), "loss")
+            if weight_decay:
+                loss = loss + 0.5 * weight_decay * sum((p * p).sum() for p in params.values())
+            if layers is not None and not _ghost_capture_ok(captured, n):
+                if noise_method == "ghost":
+                    raise ValueError(
+                        "noise_method='ghost': a Linear layer was called more than once, on "
+                        "inputs without the leading sample dimension, or its input or output "
+                        "was modified in place"
+                    )
+                layers = None
+            outs = [captured[k][0][1] for k in layers] if layers is not None else []
+            grads = torch.autograd.grad(
+                loss,
+                [params[k] for k in names] + outs,
+                create_graph=differentiable,
+                allow_unused=True,
+            )
+    finally:
+        for h in hooks:
+            h.remove()
+    g = {
+        k: (torch.zeros_like(params[k]) if gk is None else gk)
+        for k, gk in zip(names, grads[: len(names)])
+    }
+    discretization = 0.25 * lr * _sq_norm(g, precond)
+    if b is None:
+        noise = torch.zeros_like(discretization)
+    else:
+        # the data-loss gradient: g without the weight-decay part
+        g_data = {k: g[k] - weight_decay * params[k] for k in names} if weight_decay else g
+        if layers is not None:
+            _check_mean_reduction(loss_fn, output, targets, loss, params, weight_decay, n)
+            deltas = dict(zip(layers, grads[len(names) :]))
+            sq_mean = _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n)
+            var = (sq_mean - _sq_norm(g_data, precond)).clamp_min(0.0) / b
+        else:
+            var = _vmap_variance(
+                model,
+                loss_fn,
+                inputs,
+                targets,
+                params,
+                g_data,
+                loss,
+                weight_decay,
+                precond,
+                b,
+                chunk_size,
+            )
+        if not replacement:
+            var = var * ((n - b) / (n - 1) if n > 1 else 0.0)
+        noise = 0.25 * lr * var
+    total = loss + discretization + noise
+    if not differentiable:
+        total, loss, discretization, noise = (
+            t.detach() for t in (total, loss, discretization, noise)
+        )
+    return EntropicLoss(total, loss, discretization, noise)
+
+
+# ---------------------------------------------------------------------------------------
+# noise term, per-sample gradient norms without per-sample gradients ("ghost norms")
+
+
+def _ghost_layers(model, params, preconditioner) -> dict[str, torch.nn.Linear] | None:
+    """The nn.Linear modules owning all trainable parameters, or None if that fails."""
+    if (
+        preconditioner is not None
+        and callable(preconditioner)
+        and not isinstance(preconditioner, Mapping)
+    ):
+        return None
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.training:
+            return None
+    layers, owned = {}, set()
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        for pname, p in mod.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if p.requires_grad:
+                if full not in params or params[full] is not p or full in owned:
+                    return None  # shared (tied) or duplicated parameter
+                owned.add(full)
+                layers[mname] = mod
+    if owned != set(params):
+        return None
+    return layers
+
+
+def _ghost_capture_ok(captured, n) -> bool:
+    for calls in captured.values():
+        if len(calls) != 1:
+            return False
+        inp, out, v_in, v_out = calls[0]
+        if not (isinstance(inp, torch.Tensor) and isinstance(out, torch.Tensor)):
+            return False
+        if inp.dim() < 2 or inp.shape[0] != n or out.shape[0] != n:
+            return False
+        if inp._version != v_in or out._version != v_out:
+            return False  # modified in place later (e.g. ReLU(inplace=True))
+    return True
+
+
+def _check_mean_reduction(loss_fn, output, targets, loss_gamma, params, weight_decay, n):
+    """loss_fn must average over samples: L = (k L_first + (n-k) L_rest) / n."""
+    if n < 2:
+        return
+    with torch.no_grad():
+        k = n // 2
+        try:
+            first = loss_fn(tree_map(lambda t: t[:k], output), tree_map(lambda t: t[:k], targets))
+            rest = loss_fn(tree_map(lambda t: t[k:], output), tree_map(lambda t: t[k:], targets))
+        except (RuntimeError, IndexError, TypeError, ValueError):
+            return
+        plain = loss_gamma.detach()
+        if weight_decay:
+            decay = sum((p.detach() ** 2).sum() for p in params.values())
+            plain = plain - 0.5 * weight_decay * decay
+        combined = (k * first.reshape(()) + (n - k) * rest.reshape(())) / n
+        tol = 1e3 * torch.finfo(plain.dtype).eps * max(1.0, float(plain.abs()))
+        if float((combined - plain).abs()) > tol:
+            raise ValueError(
+                "loss_fn(model(inputs), targets) is not the mean of the per-sample losses "
+                f"({float(plain):.6g} vs {float(combined):.6g} from two halves): use "
+                "reduction='mean'"
+            )
+
+
+def _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n):
+    """``mean_i ||grad ell_i||_Lambda^2`` for models made of nn.Linear layers.
+
+    For a Linear layer with input ``a_i`` (shape (T, in)) and per-sample output gradient
+    ``d_i = n * dL/dz_i`` (valid because L is the mean of independent per-sample losses),
+    the per-sample weight gradient is ``G_i = sum_t d_it a_it^T`` and
+    ``||G_i||^2 = sum_{t,s} (a_it . a_is)(d_it . d_is)`` (Goodfellow 2015; "ghost norms"),
+    computed without forming ``G_i`` when that is cheaper.
+    """
+    diag = preconditioner if isinstance(preconditioner, Mapping) else None
+    scale = 1.0
+    if preconditioner is not None and diag is None:
+        scale = float(preconditioner)
+    total = 0.0
+    for mname, mod in layers.items():
+        a = captured[mname][0][0]
+        d = deltas[mname]
+        if d is None:
+            continue
+        a = a.reshape(n, -1, a.shape[-1])
+        d = (n * d).reshape(n, -1, d.shape[-1])
+        prefix = f"{mname}." if mname else ""
+        wname, bname = prefix + "weight", prefix + "bias"
+        if wname in params:
+            lam = None if diag is None else diag[wname]
+            if a.shape[1] == 1 and lam is None:
+                sq = (a * a).sum((1, 2)) * (d * d).sum((1, 2))
+            elif a.shape[1] == 1:
+                sq = torch.einsum(
+                    "no,oi,ni->n", (d * d)[:, 0], lam.expand(mod.weight.shape), (a * a)[:, 0]
+                )
+            elif lam is None and a.shape[1] ** 2 <= a.shape[2] * d.shape[2]:
+                gram_a = torch.matmul(a, a.transpose(1, 2))
+                gram_d = torch.matmul(d, d.transpose(1, 2))
+                sq = (gram_a * gram_d).sum((1, 2))
+            else:
+                G = torch.matmul(d.transpose(1, 2), a)  # (n, out, in)
+                sq = (G * G * (1.0 if lam is None else lam)).sum((1, 2))
+            total = total + scale * sq.mean()
+        if bname in params:
+            lam = None if diag is None else diag[bname]
+            s = d.sum(1)
+            total = total + scale * (s * s * (1.0 if lam is None else lam)).sum(1).mean()
+    return total
+
+
+def _vmap_variance(
+    model,
+    loss_fn,
+    inputs,
+    targets,
+    params,
+    g_data,
+    loss_gamma,
+    weight_decay,
+    precond,
+    b,
+    chunk_size,
+):
+    """``E_B ||g_B - g||_Lambda^2`` (with replacement) from per-sample gradients (torch.func)."""
+    names = list(params)
+    frozen = {k: v for k, v in model.named_parameters() if k not in params}
+    frozen.update(dict(model.named_buffers()))
+
+    def sample_loss(p, x, y):
+        x1 = tree_map(lambda t: t.unsqueeze(0), x)
+        y1 = tree_map(lambda t: t.unsqueeze(0), y)
+        out = functional_call(model, {**frozen, **p}, (x1,))
+        return loss_fn(out, y1).reshape(())
+
+    def centred(p, x, y):
+        gi, li = grad_and_value(sample_loss)(p, x, y)
+        d = {k: gi[k] - g_data[k] for k in names}
+        return _sq_norm(d, precond), li
+
+    with torch.enable_grad(), _math_attention():
+        sq, losses = vmap(
+            centred, in_dims=(None, 0, 0), randomness="different", chunk_size=chunk_size
+        )({k: params[k] for k in names}, inputs, targets)
+    # consistency: loss_fn must be the mean of the per-sample losses
+    plain = loss_gamma.detach()
+    if weight_decay:
+        plain = plain - 0.5 * weight_decay * sum((p.detach() ** 2).sum() for p in params.values())
+    mean_li = losses.detach().mean()
+    tol = 1e3 * torch.finfo(mean_li.dtype).eps * max(1.0, float(plain.abs()))
+    if float((mean_li - plain).abs()) > tol:
+        raise ValueError(
+            "loss_fn(model(inputs), targets) is not the mean of the per-sample losses "
+            f"({float(plain):.6g} vs {float(mean_li):.6g}): use reduction='mean' and a model "
+            "without batch-coupled layers (BatchNorm in train mode) or randomness (dropout)"
+        )
+    return sq.mean() / b  # with replacement: tr(Lambda Sigma) / B
+
+
+def adam_preconditioner(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, torch.Tensor]:
+    """Frozen diagonal preconditioner ``Lambda = 1 / (sqrt(v_hat) + eps)`` of Adam/AdamW.
+
+    For ``torch.optim.Adam``/``AdamW`` the step is ``theta' = theta - lr m_hat /
+    (sqrt(v_hat) + eps)`` with ``v_hat = v / (1 - beta2^t)``; with the preconditioner frozen
+    and ``m_hat ~ g`` this is preconditioned GD with matrix learning rate ``lr * Lambda``
+    (note section 1.4), so ``entropic_loss(..., lr, preconditioner=adam_preconditioner(model,
+    opt))`` is the frozen-preconditioner entropic loss of Adam (momentum is not modelled).
+    Returns ``{parameter name: Lambda}`` for the trainable parameters (1 where the optimizer
+    holds no state yet). ``amsgrad`` uses ``max_exp_avg_sq``.
+    """
+    params = _trainable(model)
+    owner = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    out = {}
+    for name, p in params.items():
+        state = optimizer.state.get(p, {})
+        group = owner.get(id(p))
+        if group is None:
+            raise ValueError(f"parameter {name!r} is not handled by the optimizer")
+        if "exp_avg_sq" not in state:
+            out[name] = torch.ones_like(p)
+            continue
+        beta2, eps = group["betas"][1], group["eps"]
+        step = float(state["step"])
+        v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        out[name] = 1.0 / ((v / (1.0 - beta2**step)).sqrt() + eps)
+    return out
+
+
+def entropic_force(
+    model: torch.nn.Module,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    batch: tuple[Any, Any],
+    lr: float,
+    **kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """Entropic force ``-grad (phi - L_gamma)`` per named trainable parameter.
+
+    ``phi - L_gamma = discretization + noise`` is the correction of :func:`entropic_loss`
+    (same keyword arguments). For GD without preconditioner it equals ``-(lr/2) H g`` with
+    ``H`` the Hessian of ``L_gamma`` and ``g`` its gradient. Projected on the generator
+    ``A theta`` of an exponential symmetry it equals ``(lr/2) E_B[g_B^T A g_B]``, i.e.
+    ``1/(2 lr)`` times the per-step drift of the charge ``theta^T A theta`` (note section
+    2.0). Returned tensors are detached, with the parameters' shapes, dtypes and devices.
+    """
+    params = _trainable(model)
+    with torch.enable_grad():
+        parts = entropic_loss(model, loss_fn, batch, lr, **kwargs)
+        correction = parts.discretization + parts.noise
+        names = list(params)
+        grads = torch.autograd.grad(correction, [params[k] for k in names], allow_unused=True)
+    return {
+        k: (torch.zeros_like(params[k]) if gk is None else -gk.detach())
+        for k, gk in zip(names, grads)
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# exact per-step law of quadratic charges (NumPy or torch)
+
+
+def _as_generator(A, dim: int, xp):
+    if A.ndim == 1:
+        if A.shape[0] != dim:
+            raise ValueError(f"diagonal generator A has length {A.shape[0]}, expected {dim}")
+        return A, True
+    if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] != dim:
+        raise ValueError(
+            f"generator A must be ({dim}, {dim}) or a diagonal of length {dim}, got shape "
+            f"{tuple(A.shape)}"
+        )
+    return A, False
+
+
+def _quadratic(v, A, diagonal: bool, xp):
+    if diagonal:
+        return xp.sum(v * A * v)
+    return xp.sum(v * xp.matmul(A, v))
+
+
+def conserved_quantity(theta, A):
+    """Quadratic charge ``C = theta^T A theta`` of a flat parameter vector ``theta``.
+
+    ``A`` is the symmetric generator of the symmetry ``theta -> exp(lambda A) theta``, given
+    as a matrix or, for a diagonal generator, as its diagonal (e.g. ``+1`` on u and ``-1``
+    on w for the rescaling symmetry, ``1`` on a scale-invariant block).
+    """
+    xp = namespace(theta, A)
+    if theta.ndim != 1:
+        raise ValueError(f"theta must be a flat vector, got shape {tuple(theta.shape)}")
+    A, diagonal = _as_generator(A, theta.shape[0], xp)
+    return _quadratic(theta, A, diagonal, xp)
+
+
+def predicted_next(C, A, grad_B, lr: float, weight_decay: float = 0.0):
+    """Charge after one step: ``C' = (1 - lr*gamma)^2 C + lr^2 g_B^T A g_B``.
+
+    Exact for ``theta' = (1 - lr*gamma) theta - lr g_B`` whenever ``g_B^T A theta = 0``
+    (the Noether identity of a per-sample symmetry with symmetric generator ``A``; note
+    section 2.0). ``grad_B`` is the minibatch gradient of the loss *without* weight decay.
+    """
+    lr = _check_positive(lr, "lr")
+    weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+    xp = namespace(grad_B, A)
+    if grad_B.ndim != 1:
+        raise ValueError(f"grad_B must be a flat vector, got shape {tuple(grad_B.shape)}")
+    A, diagonal = _as_generator(A, grad_B.shape[0], xp)
+    return (1.0 - lr * weight_decay) ** 2 * C + lr**2 * _quadratic(grad_B, A, diagonal, xp)
+
+
+def conserved_quantity_step(C_or_theta, A, lr: float, grad_B, weight_decay: float = 0.0):
+    """Exact bookkeeping of a quadratic charge over one (S)GD step, as a :class:`ChargeStep`.
+
+    ``C_or_theta`` is either the current charge ``C`` (a scalar or 0-d array) or the flat
+    parameter vector ``theta`` (then ``C = theta^T A theta``). Returns ``charge``,
+    ``predicted = (1 - lr*gamma)^2 C + lr^2 g_B^T A g_B``, and its two parts
+    ``entropic = lr^2 g_B^T A g_B`` and ``decay = ((1 - lr*gamma)^2 - 1) C``, so that summing
+    ``entropic`` and ``decay`` along a trajectory reproduces the measured drift
+    ``C_T - C_0`` to round-off for plain GD/SGD (note section 3.2). Works for NumPy arrays
+    and torch tensors.
+    """
+    lr = _check_positive(lr, "lr")
+    weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+    xp = namespace(grad_B, A)
+    if grad_B.ndim != 1:
+        raise ValueError(f"grad_B must be a flat vector, got shape {tuple(grad_B.shape)}")
+    A, diagonal = _as_generator(A, grad_B.shape[0], xp)
+    if getattr(C_or_theta, "ndim", 0) == 0:
+        C = C_or_theta
+    else:
+        if tuple(C_or_theta.shape) != tuple(grad_B.shape):
+            raise ValueError(
+                f"theta has shape {tuple(C_or_theta.shape)} but grad_B has {tuple(grad_B.shape)}"
+            )
+        check_compatible(C_or_theta, grad_B, names=("theta", "grad_B"))
+        C = _quadratic(C_or_theta, A, diagonal, xp)
+    entropic = lr**2 * _quadratic(grad_B, A, diagonal, xp)
+    decay = ((1.0 - lr * weight_decay) ** 2 - 1.0) * C
+    return ChargeStep(C, C + decay + entropic, entropic, decay)
+
+
+def layer_balance(W1, W2):
+    """Layer-balance charge ``Q = W1 W1^T - W2^T W2`` of two consecutive linear maps.
+
+    ``W1`` has shape ``(..., h, d_in)`` and ``W2`` shape ``(..., d_out, h)``; ``Q`` is
+    ``(..., h, h)``. Conserved by gradient flow (GL(h) symmetry ``W2 W1 = (W2 M^-1)(M W1)``,
+    note section 2.2); zero on the balanced manifold of Menon & Yu.
+    """
+    xp = namespace(W1, W2)
+    if W1.ndim < 2 or W2.ndim < 2 or W1.shape[-2] != W2.shape[-1]:
+        raise ValueError(
+            f"W1 (h, d_in) and W2 (d_out, h) must share the hidden width h; got shapes "
+            f"{tuple(W1.shape)} and {tuple(W2.shape)}"
+        )
+    return xp.matmul(W1, xp.matrix_transpose(W1)) - xp.matmul(xp.matrix_transpose(W2), W2)
+
+
+def layer_balance_next(Q, G1, G2, lr: float, weight_decay: float = 0.0):
+    """Exact next layer balance ``Q' = (1 - lr*gamma)^2 Q + lr^2 (G1 G1^T - G2^T G2)``.
+
+    ``G1 = dL_B/dW1`` and ``G2 = dL_B/dW2`` are the minibatch gradients (without weight
+    decay) of a loss that depends on ``(W1, W2)`` only through ``W2 W1`` (possibly after other
+    layers); the update is ``W' = (1 - lr*gamma) W - lr G`` (note section 2.2).
+    """
+    lr = _check_positive(lr, "lr")
+    weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+    xp = namespace(Q, G1, G2)
+    if G1.ndim < 2 or G2.ndim < 2 or G1.shape[-2] != G2.shape[-1]:
+        raise ValueError(
+            f"G1 (h, d_in) and G2 (d_out, h) must share the hidden width h; got shapes "
+            f"{tuple(G1.shape)} and {tuple(G2.shape)}"
+        )
+    if Q.shape[-1] != G1.shape[-2] or Q.shape[-2] != G1.shape[-2]:
+        raise ValueError(f"Q has shape {tuple(Q.shape)}, expected (h, h) with h={G1.shape[-2]}")
+    drift = xp.matmul(G1, xp.matrix_transpose(G1)) - xp.matmul(xp.matrix_transpose(G2), G2)
+    return (1.0 - lr * weight_decay) ** 2 * Q + lr**2 * drift
