@@ -21,8 +21,6 @@ from .dln import (
     log_orthogonal_group_volume,
     orthogonal_group_volume,
 )
-from .free_energy import free_energy
-
 from .entropic_loss import (
     ChargeStep,
     EntropicLoss,
@@ -35,6 +33,7 @@ from .entropic_loss import (
     layer_balance_next,
     predicted_next,
 )
+from .free_energy import free_energy
 
 __all__ = [
     "RankDeficientError",
