@@ -156,6 +156,13 @@ STAGES: list[Stage] = [
         _lazy("geometry", "stage_entropy"),
         steps=2,
     ),
+    Stage(
+        "free_energy",
+        "3. Free energy: entropy-regularised minimisers against the exact 1-D reduction",
+        ("thermanopt.optimizers:FreeEnergyDescent", "thermanopt.entropy:dln_entropy"),
+        _lazy("thermo", "stage_free_energy"),
+        steps=4,
+    ),
 ]
 
 
