@@ -563,3 +563,19 @@ def test_cuda_matches_cpu():
         np.testing.assert_allclose(
             g.cpu().double().numpy(), dln_entropy_gradient(X, 3), rtol=tol * 10, atol=tol * 10
         )
+
+
+def test_large_batches_are_chunked_consistently():
+    """Batches beyond one CPU chunk (d = 64: 65 rows) give the per-row values."""
+    rng = np.random.default_rng(12)
+    s = rng.uniform(0.1, 3.0, (3, 70, 64))
+    S = entropy_from_singular_values(s, 4)
+    g = entropy_gradient_from_singular_values(s, 4)
+    assert S.shape == (3, 70) and g.shape == (3, 70, 64)
+    for idx in [(0, 0), (1, 66), (2, 69)]:
+        assert S[idx] == pytest.approx(entropy_from_singular_values(s[idx], 4), rel=1e-15)
+        np.testing.assert_allclose(g[idx], entropy_gradient_from_singular_values(s[idx], 4))
+    Z = rng.standard_normal((700, 6, 6))  # the Hessian-vector product chunks at d^3 per row
+    X = rng.standard_normal((700, 6, 6))
+    H = dln_entropy_hvp(X, Z, 3)
+    np.testing.assert_allclose(H[650], dln_entropy_hvp(X[650], Z[650], 3), rtol=1e-13, atol=1e-15)

@@ -262,6 +262,8 @@ def test_bad_input():
         RiemannianLangevin(1.0, 0.0)
     with pytest.raises(ValueError, match="scheme"):
         RiemannianLangevin(1.0, 0.1, scheme="euler")
+    with pytest.raises(ValueError, match="entropy_weight"):
+        RiemannianLangevin(1.0, 0.1, scheme="lift", entropy_weight=0.0)
     sampler = RiemannianLangevin(1.0, 0.01)
     with pytest.raises(ValueError, match="shape"):
         sampler.sample(pr, W0[:1], 3)
@@ -385,12 +387,7 @@ def test_balanced_langevin_pushes_forward_to_free_energy_law(balanced_samples, N
 
 @pytest.mark.slow
 def test_quotient_sampler_agrees_with_balanced(balanced_samples):
-    """The flat-coordinate quotient chain with the free-energy drift samples the same law.
-
-    Measured (h = 0.01): the largest singular value agrees; the smallest is biased
-    upward near rank deficiency, where s2 behaves like a squared Bessel process and
-    Euler-Maruyama in X is inaccurate (see the module docstring of the sampler).
-    """
+    """The quotient chain (default scheme "lift") samples the same law as the balanced one."""
     N = 2
     pr = _quotient_problem(N)
     sampler = RiemannianLangevin(1.0, 0.01)
@@ -398,12 +395,34 @@ def test_quotient_sampler_agrees_with_balanced(balanced_samples):
         pr, _gaussian_start(1500), 250, n_chains=1500, thin=250, generator=11, batched_cost=True
     )
     s = np.linalg.svd(Xs[-1], compute_uv=False)
-    c1, c2, m1, m2 = _marginals(N)
+    c1, c2, _, _ = _marginals(N)
     sb = balanced_samples[N]
-    assert stats.ks_2samp(s[:, 0], sb[:, 0]).pvalue > 1e-3
-    assert stats.kstest(s[:, 0], c1).pvalue > 1e-3
-    assert abs(s[:, 0].mean() / m1 - 1) < 0.03
-    assert abs(s[:, 1].mean() / m2 - 1) < 0.3  # measured bias, see docstring
+    for k, cdf in ((0, c1), (1, c2)):
+        assert stats.kstest(s[:, k], cdf).pvalue > 1e-3
+        assert stats.ks_2samp(s[:, k], sb[:, k]).pvalue > 1e-3
+    d1, d2, _, _ = _marginals(N, entropy_power=0.0)
+    assert stats.kstest(s[:, 0], d1).pvalue < 1e-5  # negative control
+
+
+@pytest.mark.slow
+def test_flat_coordinate_sde_measured_bias():
+    """The design note's flat-coordinate SDE (scheme "retraction" / "flat"): documented bias.
+
+    Measured at h = 0.01 (1500 chains): E[s1] within 1.5 % of quadrature, E[s2] ~7 %
+    high (the smallest singular value is where Euler-Maruyama in X is inaccurate).
+    The test pins these numbers: s1 within 4 %, s2 high but within 20 %.
+    """
+    N = 2
+    pr = _quotient_problem(N)
+    sampler = RiemannianLangevin(1.0, 0.01, scheme="retraction")
+    Xs = sampler.sample(
+        pr, _gaussian_start(1000), 250, n_chains=1000, thin=250, generator=12, batched_cost=True
+    )
+    s = np.linalg.svd(Xs[-1], compute_uv=False)
+    _, _, m1, m2 = _marginals(N)
+    assert abs(s[:, 0].mean() / m1 - 1) < 0.04
+    assert -0.02 < s[:, 1].mean() / m2 - 1 < 0.2
+    assert sampler.log["flat_fallbacks"] > 0
 
 
 @pytest.mark.slow

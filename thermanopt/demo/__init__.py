@@ -163,6 +163,13 @@ STAGES: list[Stage] = [
         _lazy("thermo", "stage_free_energy"),
         steps=4,
     ),
+    Stage(
+        "sampling",
+        "4. Sampling: Riemannian Langevin on the balanced manifold, pushed to X",
+        ("thermanopt.optimizers:RiemannianLangevin", "thermanopt.entropy.gibbs"),
+        _lazy("thermo", "stage_sampling"),
+        steps=2,
+    ),
 ]
 
 

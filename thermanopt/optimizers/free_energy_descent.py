@@ -45,34 +45,13 @@ from typing import Any
 from pymanopt.optimizers.line_search import BackTrackingLineSearcher
 from pymanopt.optimizers.optimizer import Optimizer, OptimizerResult
 
-from .._backend import matrix_transpose, namespace, to_float
+from .._backend import to_float
+from ..manifolds.balanced import phi_adjoint, reproject_balanced
 from ._common import Schedule, as_schedule, check_finite_at
 
 Array = Any
 
 __all__ = ["FreeEnergyDescent", "EntropyModel", "entropy_model", "phi_adjoint"]
-
-
-def phi_adjoint(W: Array, G: Array) -> Array:
-    """Adjoint of dphi_W applied to G: (W_N..W_{p+1})^T G (W_{p-1}..W_1)^T, p = 1..N.
-
-    This is the Euclidean gradient in W of f(phi(W)) when G = nabla f(phi(W)).
-    Batched over leading axes of W (shape (..., N, d, d)) and G (shape (..., d, d)).
-    """
-    xp = namespace(W, G)
-    N = W.shape[-3]
-    # prefix[p] = W_{p-1} ... W_0 (p = 0..N-1), suffix[p] = W_{N-1} ... W_{p+1}
-    d = W.shape[-1]
-    eye = xp.eye(d, dtype=W.dtype, device=getattr(W, "device", None))
-    eye = eye + 0 * W[..., 0, :, :]
-    prefix = [eye]
-    for p in range(1, N):
-        prefix.append(W[..., p - 1, :, :] @ prefix[-1])
-    suffix = [eye] * N
-    for p in range(N - 2, -1, -1):
-        suffix[p] = suffix[p + 1] @ W[..., p + 1, :, :]
-    out = [matrix_transpose(suffix[p]) @ G @ matrix_transpose(prefix[p]) for p in range(N)]
-    return xp.stack(out, axis=-3)
 
 
 class EntropyModel:
@@ -130,23 +109,6 @@ def entropy_model(manifold: Any) -> EntropyModel | None:
 
         return EntropyModel(value_q, rgrad_q, egrad_q)
     return None
-
-
-def _polar(Q: Array) -> Array:
-    xp = namespace(Q)
-    u, _, vt = xp.linalg.svd(Q, full_matrices=False)
-    return u @ vt
-
-
-def reproject_balanced(manifold: Any, W: Array) -> Array:
-    """The balanced point over phi(W) with the polar parts of W's frames (a rescue step)."""
-    from ..manifolds._svd import svd
-
-    X = manifold.end_to_end(W)
-    if manifold.depth == 1:
-        return W * 1
-    Q = manifold.frames(W)
-    return manifold.balanced_from(svd(X), _polar(Q[1:-1]))
 
 
 class FreeEnergyDescent(Optimizer):
@@ -217,7 +179,7 @@ class FreeEnergyDescent(Optimizer):
             return x, False
         if manifold.is_on_manifold(x, self.reproject_tol):
             return x, False
-        return reproject_balanced(manifold, x), True
+        return reproject_balanced(x, manifold.depth), True
 
     def run(
         self,
@@ -287,7 +249,10 @@ class FreeEnergyDescent(Optimizer):
             if records and records[-1]["T"] != T and getattr(line_searcher, "_oldf0", None):
                 # Armijo's initial step uses the previous F; re-evaluate it at the new T so
                 # that a change of temperature is not mistaken for an ascent
-                line_searcher._oldf0 = records[-1]["E"] - T * records[-1]["S"]
+                # (a previous F not above the current one would give a step guess <= 0: then
+                # fall back to the searcher's initial step)
+                old_F = records[-1]["E"] - T * records[-1]["S"]
+                line_searcher._oldf0 = old_F if old_F > F else None
             step_size, x = line_searcher.search(
                 objective, manifold, x, -grad, F, -(gradient_norm**2)
             )

@@ -329,7 +329,7 @@ def entropy_gradient(manifold: Any, point: Array) -> Array:
     if _is_balanced(manifold):
         from ..entropy import dln_entropy_gradient
         from ..manifolds._metric import end_to_end
-        from .free_energy_descent import phi_adjoint
+        from ..manifolds.balanced import phi_adjoint
 
         G = dln_entropy_gradient(end_to_end(point), manifold.depth, validate=False)
         return phi_adjoint(point, G)

@@ -1,0 +1,230 @@
+"""Must-show cases of issue 6: classification checked against the Jacobian nullity."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _models import HandAttention, MHAModel, TinyCNN, mlp  # noqa: E402
+
+from thermanopt.analysis import UnsupportedOpError, find_symmetries  # noqa: E402
+
+
+def kinds(report, kind):
+    return [s for s in report.symmetries if s.kind == kind]
+
+
+@pytest.mark.slow
+def test_relu_mlp_784_128_10():
+    torch.manual_seed(0)
+    r = find_symmetries(mlp([784, 128, 10]), torch.randn(8, 784), tracer="fx", jacobian=True)
+    perm, resc = kinds(r, "permutation"), kinds(r, "rescale")
+    assert [s.group for s in perm] == ["S_128"] and [s.group for s in resc] == ["R_{>0}^128"]
+    assert resc[0].dim == 128 and resc[0].continuous and not perm[0].continuous
+    assert not kinds(r, "sign_flip") and not kinds(r, "general_linear")
+    tr = kinds(r, "translation")
+    assert len(tr) == 1 and tr[0].level == "loss" and tr[0].dim == 129
+    assert r.continuous_dim == 128 and r.loss_level_dim == 129
+    assert all(s.verified_error < 1e-6 for s in r.symmetries)
+    # 1e5 parameters: Jacobian on the reported tangents + random coordinates
+    assert r.jacobian_mode == "sampled" and r.jacobian_nullity == 128 and r.complete
+
+
+def test_relu_mlp_small_full_jacobian():
+    torch.manual_seed(1)
+    r = find_symmetries(mlp([12, 8, 3]), torch.randn(4, 12), tracer="fx")
+    assert r.jacobian_mode == "full" and r.jacobian_nullity == r.continuous_dim == 8
+    assert r.loss_jacobian_nullity == 8 + 9
+    assert r.jacobian_details["tangent_residual"] < 1e-10
+
+
+def test_deep_linear_gl5():
+    torch.manual_seed(0)
+    r = find_symmetries(mlp([10, 5, 10], act=None, bias=False), torch.randn(4, 10),
+                        tracer="fx")
+    fn = [s for s in r.symmetries if s.level == "function"]
+    assert [(s.kind, s.group, s.dim) for s in fn] == [("general_linear", "GL(5)", 25)]
+    assert r.continuous_dim == 25 and r.jacobian_nullity == 25 and r.complete
+    assert all(s.verified_error < 1e-10 for s in r.symmetries)
+
+
+def test_tanh_mlp_signed_permutations():
+    torch.manual_seed(0)
+    r = find_symmetries(mlp([20, 16, 16, 5], act=nn.Tanh), torch.randn(4, 20), tracer="fx")
+    assert [s.group for s in kinds(r, "permutation")] == ["S_16", "S_16"]
+    assert [s.group for s in kinds(r, "sign_flip")] == ["Z_2^16", "Z_2^16"]
+    assert not kinds(r, "rescale") and r.continuous_dim == 0
+    assert r.jacobian_nullity == 0 and r.complete
+    assert all(s.verified_error < 1e-10 for s in r.symmetries)
+
+
+@pytest.mark.parametrize("cls", [HandAttention, MHAModel])
+def test_attention_heads(cls):
+    torch.manual_seed(0)
+    r = find_symmetries(cls(d=8, h=2), torch.randn(2, 5, 8), tracer="fx")
+    heads = [s for s in kinds(r, "permutation") if s.group == "S_2"]
+    assert len(heads) == 1
+    gl = kinds(r, "general_linear")
+    assert sorted(s.group for s in gl) == ["(GL(4))^2", "(GL(4))^2"]
+    assert len(kinds(r, "null")) == 1 and len(kinds(r, "trade")) == 1
+    assert r.continuous_dim == 2 * 32 + 8 + 8
+    assert r.jacobian_nullity == r.continuous_dim and r.complete
+
+
+def test_cnn_batchnorm_scale_flagged_and_model_untouched():
+    torch.manual_seed(0)
+    m = TinyCNN()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.train()
+    r = find_symmetries(m, torch.randn(4, 2, 6, 6), tracer="fx")
+    sc = kinds(r, "scale")
+    assert len(sc) == 1 and sc[0].approximate == "eps" and sc[0].dim == 4
+    assert r.jacobian_nullity == r.continuous_dim == 11
+    assert m.training
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_tied_embedding_gives_orthogonal_group():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(9, 3)
+            self.out = nn.Linear(3, 9, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, idx):
+            return self.out(self.emb(idx))
+
+    torch.manual_seed(0)
+    r = find_symmetries(Tied(), torch.randint(0, 9, (4, 5)), tracer="fx")
+    rot = kinds(r, "rotation")
+    assert [s.group for s in rot] == ["O(3)"] and r.continuous_dim == 3
+    assert not kinds(r, "general_linear") and not kinds(r, "translation")
+    assert r.jacobian_nullity == 3
+
+
+@pytest.mark.parametrize("tracer", ["export", "forward"])
+def test_other_front_ends_agree(tracer):
+    torch.manual_seed(0)
+    m = mlp([6, 4, 3])
+    r = find_symmetries(m, torch.randn(3, 6), tracer=tracer)
+    assert r.tracer == tracer and r.continuous_dim == 4 and r.jacobian_nullity == 4
+
+
+def test_unsupported_op_is_named():
+    class Weird(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.cumsum(self.l(x), dim=-1)
+
+    with pytest.raises(UnsupportedOpError, match="cumsum"):
+        find_symmetries(Weird(), torch.randn(2, 4), tracer="fx")
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="fails on the example inputs"):
+        find_symmetries(mlp([4, 3, 2]), torch.randn(2, 5), tracer="fx")
+    with pytest.raises(ValueError, match="NaN"):
+        find_symmetries(mlp([4, 3, 2]), torch.full((2, 4), float("nan")), tracer="fx")
+    with pytest.raises(ValueError, match="output"):
+        find_symmetries(mlp([4, 3, 2]), torch.randn(2, 4), output="probs")
+
+
+def test_report_outputs(tmp_path):
+    import json
+
+    r = find_symmetries(mlp([5, 4, 2]), torch.randn(3, 5), tracer="fx")
+    data = json.loads(r.to_json(str(tmp_path / "s.json")))
+    assert data["continuous_dim"] == 4 and len(data["symmetries"]) == len(r.symmetries)
+    assert "rescale" in r.table()
+    r.plot(str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_transformer_block_complete():
+    """LayerNorm mean-centering, bias trades, heads and tying: nullity matches."""
+    from _models import TinyGPT
+
+    torch.manual_seed(0)
+    r = find_symmetries(TinyGPT(), torch.randint(0, 13, (2, 6)), tracer="fx")
+    assert r.jacobian_mode == "full" and r.complete, r.table()
+    assert r.jacobian_details["tangent_residual"] < 1e-10
+    assert r.jacobian_details["tangent_rank"] == r.continuous_dim
+    assert not [s for s in r.symmetries if s.level == "loss"]  # tied head: no translation
+    centre = [s for s in r.symmetries if s.kind == "translation" and s.level == "function"]
+    assert len(centre) == 1 and centre[0].dim == 6 + 9 + 33  # pos rows, out_proj, proj
+    assert all(s.verified_error < 1e-6 for s in r.symmetries if not s.approximate)
+
+
+def test_resnet_block_complete():
+    from _models import TinyResNet
+
+    torch.manual_seed(0)
+    r = find_symmetries(TinyResNet(), torch.randn(6, 2, 6, 6), tracer="fx")
+    assert r.complete and r.jacobian_nullity == r.continuous_dim
+    trades = [s for s in r.symmetries if s.kind == "trade"]
+    assert len(trades) == 1 and trades[0].dim == 6  # the two summed BatchNorm betas
+
+
+def test_cli_function(tmp_path, capsys):
+    from thermanopt.analysis import run_symmetries
+
+    r = run_symmetries("_models:small_relu_mlp", (3, 5), str(tmp_path), verify=True,
+                       tracer="fx")
+    assert r.continuous_dim == 4 and "rescale" in capsys.readouterr().out
+    assert (tmp_path / "symmetries.json").exists() and (tmp_path / "symmetries.png").exists()
+    with pytest.raises(ValueError, match="package.module:factory"):
+        run_symmetries("nonsense", (3, 5))
+
+
+def test_unused_parameters_are_null():
+    class U(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.unused, self.b = nn.Linear(4, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x)))
+
+    r = find_symmetries(U(), torch.randn(5, 4), tracer="fx")
+    nulls = sorted(s.dim for s in r.symmetries if s.kind == "null")
+    assert nulls == [3, 9] and r.continuous_dim == 12 and r.complete
+
+
+def test_data_dependent_control_flow_falls_back_to_forward_recording():
+    class DD(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            if h.sum() > 0:
+                h = h * 2.0
+            return self.b(h)
+
+    r = find_symmetries(DD(), torch.randn(5, 4), tracer="auto")
+    assert r.tracer == "forward" and any("one execution path" in n for n in r.notes)
+    assert r.continuous_dim == 3 and r.complete
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_model():
+    from _models import TinyGPT
+
+    torch.manual_seed(0)
+    m = TinyGPT().cuda()
+    r = find_symmetries(m, torch.randint(0, 13, (2, 6), device="cuda"), tracer="fx")
+    assert r.complete and next(m.parameters()).is_cuda
+    assert all(s.verified_error < 1e-6 for s in r.symmetries if not s.approximate)
+    r2 = find_symmetries(mlp([784, 128, 10]).cuda(), torch.randn(8, 784, device="cuda"),
+                         tracer="fx", jacobian=True)
+    assert r2.jacobian_nullity == 128
