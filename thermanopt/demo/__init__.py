@@ -170,6 +170,13 @@ STAGES: list[Stage] = [
         _lazy("thermo", "stage_sampling"),
         steps=2,
     ),
+    Stage(
+        "symmetry",
+        "5. Symmetry: automatic symmetry analysis and symmetry breaking under SGD",
+        ("thermanopt.analysis:find_symmetries", "thermanopt.analysis:track_breaking"),
+        _lazy("symmetry", "stage_symmetry"),
+        steps=3,
+    ),
 ]
 
 
