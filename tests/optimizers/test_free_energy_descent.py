@@ -316,3 +316,24 @@ def test_torch_quotient_keeps_device_and_dtype():
     s = torch.linalg.svdvals(res.point).numpy()
     np.testing.assert_allclose(s, _solve_reduction(np.array([1.5, 0.5]), 0.2, 2), rtol=1e-6)
     assert dln_entropy_gradient(res.point, 2).dtype == torch.float64
+
+
+def test_line_search_steps_back_from_rank_deficient_trial_points():
+    """A trial point with S = -inf (two vanishing singular values) has F = +inf:
+    the Armijo search must reject it instead of raising (regression: T = 0.2 from I)."""
+    import torch
+
+    import thermanopt.function
+
+    m = ObservableQuotient(3, 3, backend="torch")
+    Y = torch.as_tensor(np.diag([2.0, 1.0, 0.4]))
+
+    @thermanopt.function.torch(m)
+    def energy(X):
+        return 0.5 * ((X - Y) ** 2).sum()
+
+    res = FreeEnergyDescent(0.2, max_iterations=200, min_gradient_norm=1e-9).run(
+        pymanopt.Problem(m, energy), initial_point=torch.eye(3, dtype=torch.float64)
+    )
+    s = torch.linalg.svdvals(res.point)
+    assert bool((s > 0.4).all()) and res.gradient_norm < 1e-5

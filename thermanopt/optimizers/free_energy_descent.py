@@ -46,6 +46,7 @@ from pymanopt.optimizers.line_search import BackTrackingLineSearcher
 from pymanopt.optimizers.optimizer import Optimizer, OptimizerResult
 
 from .._backend import to_float
+from ..entropy.dln import RankDeficientError
 from ..manifolds.balanced import phi_adjoint, reproject_balanced
 from ._common import Schedule, as_schedule, check_finite_at
 
@@ -236,7 +237,13 @@ class FreeEnergyDescent(Optimizer):
                 grad = grad - T * model.riemannian_gradient(x)
 
                 def objective(y: Array, T: float = T) -> float:
-                    return energy(y) - T * model.value(y)
+                    # a trial point where two singular values vanish has S = -inf,
+                    # so F = +inf there: the line search must step back, not stop
+                    try:
+                        S_y = model.value(y)
+                    except RankDeficientError:
+                        return math.inf
+                    return energy(y) - T * S_y
 
                 F = E - T * S
             else:
