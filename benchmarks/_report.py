@@ -3,7 +3,12 @@
 Every benchmark builds rows ``{"benchmark", "size", "time_s", "ratio", "note"}``
 (``ratio`` is the headline ratio of that row, e.g. ours / baseline; ``note``
 says what it compares) and calls :func:`emit`. ``--json PATH`` writes the rows
-so that ``gpu_check.py`` can assemble one table over CPU and CUDA runs.
+so that ``gpu_table.py`` (run by ``gpu_check.sh``) can assemble one table over
+CPU and CUDA runs.
+
+``--device`` is checked when the arguments are parsed: asking for ``cuda``
+where torch sees no CUDA device exits at once (status 2) with a clear message
+instead of failing deep inside torch.
 """
 
 from __future__ import annotations
@@ -12,10 +17,33 @@ import argparse
 import json
 
 
+def device_argument(value: str) -> str:
+    """argparse ``type`` of ``--device``: ``cpu``, ``cuda`` or ``cuda:K``, checked to exist."""
+    value = value.strip()
+    if value.startswith("cuda"):
+        import torch  # only here: importing torch for "cpu" would fix its thread pools early
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{value!r} requested but torch {torch.__version__} sees no CUDA device "
+                f"(torch.cuda.is_available() is False)"
+            )
+        index = value.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: no such CUDA device ({torch.cuda.device_count()} visible)"
+            )
+    elif value != "cpu":
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda or cuda:K")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--quick``, ``--device`` and ``--json`` shared by every benchmark."""
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--device", default="cpu", type=device_argument, help="cpu, cuda or cuda:K"
+    )
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
     return parser
 

@@ -13,9 +13,11 @@ Prints, measured in one run:
 Usage::
 
     python benchmarks/bench_balanced.py [--quick] [--device cpu|cuda] [--dtype float64]
-                                        [--threads 1]
+                                        [--threads 1] [--json PATH]
 
-``--device`` runs on torch tensors on that device (default: NumPy on the CPU).
+``--device`` runs on torch tensors on that device (default: NumPy on the CPU;
+``--device cpu`` is torch on the CPU, ``--device cuda`` torch on CUDA). The
+headline rows (ratio dense / fast; time / one SVD) go through ``_report.emit``.
 On a shared, loaded machine pass ``--threads 1``: oversubscribed BLAS/OpenMP
 threads slow the dense LAPACK calls (and torch on the CPU) by 20x or more and
 make every ratio meaningless.
@@ -27,6 +29,8 @@ import argparse
 import os
 import statistics
 import time
+
+from _report import add_common_arguments, emit  # noqa: E402
 
 
 def _sync(spec) -> None:
@@ -54,10 +58,12 @@ def timeit(fn, spec, repeats: int, min_time: float = 0.05) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
-    ap.add_argument("--device", default=None, help="torch device (cpu, cuda); default NumPy")
+def main() -> list[dict]:
+    ap = add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    ap.set_defaults(device=None)  # None: NumPy; cpu / cuda: torch on that device
+    for action in ap._actions:
+        if action.dest == "device":
+            action.help = "torch device (cpu, cuda); default NumPy on the CPU"
     ap.add_argument("--dtype", default="float64")
     ap.add_argument("--threads", type=int, default=None, help="BLAS / torch CPU threads")
     args = ap.parse_args()
@@ -75,6 +81,8 @@ def main() -> None:
     backend = "numpy" if args.device is None else "torch"
     spec = ArraySpec(backend, args.device, args.dtype)
     repeats = 3 if args.quick else 5
+    rows: list[dict] = []
+    where = f"{backend} {args.device or 'cpu'} {args.dtype}"
     print(
         f"backend={backend} device={args.device or 'cpu'} dtype={args.dtype} "
         f"threads={args.threads or 'default'}"
@@ -93,6 +101,12 @@ def main() -> None:
         diff = float(abs(M.projection(W, E) - dense_projection(W, E)).max())
         ratio = t_dense / t_fast
         print(f"{d:>6} {N:>6} {t_fast:>11.3e} {t_dense:>11.3e} {ratio:>8.0f}x {diff:>10.2e}")
+        rows.append({
+            "benchmark": "balanced projection vs dense", "size": f"d={d} N={N}",
+            "time_s": t_fast, "ratio": ratio,
+            "note": f"dense lstsq / closed form, {where} (target >= 50 at d=16 N=4)"
+            f"; max diff {diff:.1e}",
+        })  # fmt: skip
 
     print("\n2. closed form at larger widths (ratio = time / one SVD of a width x width matrix)")
     print(
@@ -118,6 +132,17 @@ def main() -> None:
                 f"{d:>6} {N:>6} {t_svd:>11.3e} {t_p:>11.3e} {t_p / t_svd:>7.1f} "
                 f"{t_r:>11.3e} {t_r / t_svd:>7.1f} {t_r2:>11.3e} {t_r2 / t_svd:>7.1f} {it:>6}"
             )
+            for label, t in (
+                ("balanced projection", t_p),
+                ("balanced retraction", t_r),
+                ("balanced retraction 2nd order", t_r2),
+            ):
+                rows.append({
+                    "benchmark": label, "size": f"d={d} N={N}", "time_s": t,
+                    "ratio": t / t_svd, "note": f"time / one {d}x{d} SVD, {where}",
+                })  # fmt: skip
+    print()
+    return emit(rows, args.json, title="summary (ratio: see note)")
 
 
 if __name__ == "__main__":

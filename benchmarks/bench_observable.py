@@ -13,7 +13,9 @@ as a sanity check (max relative difference).
 Usage::
 
     python benchmarks/bench_observable.py [--quick] [--device cpu|cuda]
-        [--backend numpy|torch] [--dtype float64|float32] [--widths 64 256]
+        [--backend numpy|torch] [--dtype float64|float32] [--widths 64 256] [--json PATH]
+
+Headline rows (``_report.emit``): literal / route and route / one SVD per size.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from _report import add_common_arguments, emit  # noqa: E402
 
 from thermanopt._backend import ArraySpec, matrix_transpose, namespace
 from thermanopt.manifolds._metric import apply_A
@@ -77,10 +80,8 @@ def _race(spec: ArraySpec, fns: dict, reps: int) -> dict:
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="width 64 only, few repetitions")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (implies --backend torch)")
+def main() -> list[dict]:
+    parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--backend", default=None, choices=["numpy", "torch"])
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--widths", type=int, nargs="*", default=None)
@@ -110,6 +111,8 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
+    rows: list[dict] = []
+    where = f"{backend} {args.device} {args.dtype}"
     for d in widths:
         # a well-conditioned X (singular values in [0.5, 2]) and a random G
         U, _ = np.linalg.qr(rng.standard_normal((d, d)))
@@ -137,13 +140,32 @@ def main() -> None:
             if naive:
                 line += f" {1e3 * t['fmp']:>10.3f} {t['fmp'] / t['route']:>10.2f}"
             print(line, flush=True)
+            size = f"d={d} N={N}"
+            rows.append({
+                "benchmark": "g_N gradient: literal / route", "size": size,
+                "time_s": t["route"], "ratio": t["literal"] / t["route"],
+                "note": f"eigh literal sum / SVD route, {where} (target >= 10 at d=256 N=8)"
+                f"; max rel diff {diff:.1e}",
+            })  # fmt: skip
+            rows.append({
+                "benchmark": "g_N gradient: route / svd", "size": size,
+                "time_s": t["route"], "ratio": t["route"] / t["svd"],
+                "note": f"SVD route / one SVD, {where} (target <= 2)",
+            })  # fmt: skip
+            if naive:
+                rows.append({
+                    "benchmark": "g_N gradient: fmp / route", "size": size,
+                    "time_s": t["route"], "ratio": t["fmp"] / t["route"],
+                    "note": f"scipy fractional_matrix_power sum / SVD route, {where}",
+                })  # fmt: skip
     print(
         "\nliteral: powers from one eigh of X X^T and of X^T X (the fastest literal form);"
         "\nfmp: powers by scipy.linalg.fractional_matrix_power (the naive literal form)."
         "\ntargets (issue 3): literal/route >= 10 at width 256, depth 8; route/svd <= 2."
         "\nTimes are the best of interleaved rounds; on a shared machine set"
-        " OMP_NUM_THREADS / --threads."
+        " OMP_NUM_THREADS / --threads.\n"
     )
+    return emit(rows, args.json, title="summary (time_s: SVD route; ratio: see benchmark)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ sample a batch + loss + gradient + update. Prints a table of ms/step and the
 ratio to the matching torch optimizer (target: <= 1.5 on CPU at d = 256, N = 4).
 
     python benchmarks/bench_stochastic.py [--quick] [--device cuda] [--width 256] [--depth 4]
+        [--json PATH]
+
+The rows (time per step, ratio to the matching torch optimizer) go through ``_report.emit``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import time
 
 import torch
+from _report import add_common_arguments, emit  # noqa: E402
 
 from thermanopt.manifolds import BalancedManifold, ObservableQuotient
 from thermanopt.manifolds._metric import balanced_from, end_to_end
@@ -83,9 +87,7 @@ def time_riemannian(opt_cls, manifold, x0, cost, n, batch, steps, warmup, lr, de
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, few steps")
-    ap.add_argument("--device", default="cpu")
+    ap = add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--steps", type=int, default=None)
@@ -159,7 +161,21 @@ def main(argv=None):
     print(f"{'optimizer':40s} {'ms/step':>10s} {'ratio':>8s}")
     for label, t, r in rows:
         print(f"{label:40s} {1e3 * t:10.2f} {r:8.2f}")
-    return rows
+    print()
+    where = f"{args.dtype} {device.type}, batch {batch}"
+    out = []
+    for label, t, r in rows:
+        if label.startswith("torch.optim"):
+            note = f"baseline, {where}"
+        elif "balanced" in label:
+            note = f"time / torch.optim.SGD step, {where} (reference, no target)"
+        else:
+            base = "Adam" if "Adam" in label else "SGD"
+            note = f"time / torch.optim.{base} step, {where} (target <= 1.5 at d=256 N=4)"
+        out.append(
+            {"benchmark": label, "size": f"d={d} N={N}", "time_s": t, "ratio": r, "note": note}
+        )
+    return emit(out, args.json, title="summary (time_s per step)")
 
 
 if __name__ == "__main__":
