@@ -113,7 +113,7 @@ def stage_sampling(ctx) -> Any:
 
     width, T, h = 2, 1.0, 0.01
     depths = (2, 3)
-    n_chains = 400 if ctx.quick else 2000
+    n_chains = 400 if ctx.quick else 1000
     n_steps = 250
     numbers: dict[str, Any] = {"temperature": T, "step_size": h, "chains": n_chains}
     path = ctx.out / "langevin_singular_values.png"

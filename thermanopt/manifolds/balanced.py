@@ -69,7 +69,8 @@ every layer.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 from pymanopt.manifolds.manifold import Manifold
@@ -78,15 +79,16 @@ from .._backend import (
     ArraySpec,
     check_compatible,
     check_finite,
+    einsum,
     eps,
     expm,
     is_torch,
-    matrix_transpose,
     namespace,
     random_normal,
     spec_of,
     to_float,
 )
+from .._backend import matrix_transpose as _mT
 from ._metric import balanced_from as _balanced_from
 from ._metric import end_to_end
 from ._svd import SVD, log_K, svd
@@ -99,6 +101,10 @@ __all__ = [
     "balance_residual",
     "constraint_jacobian",
     "dense_projection",
+    "BalancedFrames",
+    "polar",
+    "phi_adjoint",
+    "reproject_balanced",
 ]
 
 
@@ -111,15 +117,7 @@ def _device(x: Array):
 
 
 def _arange(xp, n: int, like: Array) -> Array:
-    if is_torch(like):
-        import torch
-
-        return torch.arange(n, dtype=like.dtype, device=like.device)
-    return np.arange(n, dtype=like.dtype)
-
-
-def _mT(x: Array) -> Array:
-    return matrix_transpose(x)
+    return xp.arange(n, dtype=like.dtype, device=_device(like))
 
 
 def _zeros(xp, shape, like: Array) -> Array:
@@ -131,8 +129,9 @@ def _eye_like(xp, x: Array) -> Array:
 
 
 def balance_residual(W: Array) -> Array:
-    """h(W)_p = W_{p+1}^T W_{p+1} - W_p W_p^T, p = 1..N-1 (shape (N-1, d, d))."""
-    return _mT(W[1:]) @ W[1:] - W[:-1] @ _mT(W[:-1])
+    """h(W)_p = W_{p+1}^T W_{p+1} - W_p W_p^T, p = 1..N-1 (shape (..., N-1, d, d), batched)."""
+    hi, lo = W[..., 1:, :, :], W[..., :-1, :, :]
+    return _mT(hi) @ hi - lo @ _mT(lo)
 
 
 def _apply_constraint_jacobian(W: Array, E: Array) -> Array:
@@ -173,112 +172,276 @@ def dense_projection(W: Array, E: Array) -> Array:
     return E - xp.reshape(_mT(J) @ mu, E.shape)
 
 
-class _Frames(NamedTuple):
-    """Spectral data of a balanced point: frames Q_0..Q_N, s, lam = s^(1/N), log s."""
-
-    Q: Array  # (N+1, d, d)
-    s: Array  # (d,)
-    lam: Array  # (d,)
-    logs: Array  # (d,)
-    N: int
-
-
-def _compute_frames(W: Array, f: SVD | None = None) -> _Frames:
-    xp = namespace(W)
-    N = W.shape[0]
-    if f is None:
-        f = svd(end_to_end(W))
-    logs = xp.log(f.s)
-    lam = xp.exp(logs / N)
-    Q = [f.V]
-    for p in range(N):
-        Q.append((W[p] @ Q[-1]) / lam[None, :])
-    return _Frames(xp.stack(Q, axis=0), f.s, lam, logs, N)
-
-
-def _to_frame(fr: _Frames, E: Array) -> Array:
-    """E'_p = Q_p^T E_p Q_{p-1}."""
-    return _mT(fr.Q[1:]) @ E @ fr.Q[:-1]
-
-
-def _from_frame(fr: _Frames, Ep: Array) -> Array:
-    """E_p = Q_p E'_p Q_{p-1}^T."""
-    return fr.Q[1:] @ Ep @ _mT(fr.Q[:-1])
-
-
-def _weights_M(fr: _Frames) -> Array:
-    """(M_p)_ij = lam_i^(N-p) lam_j^(p-1), p = 1..N, shape (N, d, d) (computed from logs)."""
-    xp = namespace(fr.logs)
-    N = fr.N
-    p = _arange(xp, N, fr.logs)  # p - 1 = 0..N-1
-    li = fr.logs[None, :, None] / N
-    lj = fr.logs[None, None, :] / N
-    return xp.exp((N - 1 - p)[:, None, None] * li + p[:, None, None] * lj)
-
-
-def _horizontal_frame(fr: _Frames, Ep: Array) -> Array:
-    """lift(dphi(E))' = ((sum_q E'_q o M_q) / K) o M_p."""
-    xp = namespace(Ep)
-    M = _weights_M(fr)
-    Zp = xp.sum(Ep * M, axis=0)
-    C = Zp * xp.exp(-log_K(fr.s, fr.N))
-    return C[None, :, :] * M
-
-
-def _G(fr: _Frames, A: Array) -> Array:
-    """G(A)_p = L A_{p-1} - A_p L, p = 1..N, for A of shape (N-1, d, d)."""
+def polar(A: Array) -> Array:
+    """Orthogonal polar factor U V^T of A = U diag(s) V^T (batched over leading axes)."""
     xp = namespace(A)
-    z = _zeros(xp, (1,) + tuple(A.shape[1:]), A)
-    Apad = xp.concat([z, A, z], axis=0)
-    lam = fr.lam
-    return lam[None, :, None] * Apad[:-1] - Apad[1:] * lam[None, None, :]
+    u, _, vt = xp.linalg.svd(A, full_matrices=False)
+    return u @ vt
 
 
-def _GT(fr: _Frames, Ep: Array) -> Array:
+class BalancedFrames:
+    """Frame coordinates of balanced points W of shape (..., N, d, d) (batched).
+
+    Holds Q (..., N+1, d, d) (Q_0 = V, Q_p = W_p Q_{p-1} diag(lam)^{-1}), s, lam = s^(1/N)
+    and log s (shape (..., d)), and caches what the batched kernels reuse: the weights
+    M_p (``M``), 1 / K (``inv_K``) and the sine transform and eigenvalues of T
+    (``sine``, ``mu``); see the module docstring for the formulas. Every leading axis
+    is a batch axis (e.g. the chains of a Langevin sampler).
+
+    Args:
+        W: the points.
+        depth: N (default ``W.shape[-3]``).
+        svd_of_X: the SVD of phi(W), if already known.
+        orthogonalize: take the polar factor of Q_1..Q_{N-1} and Q_N = U. Near rank
+            deficiency the division by a tiny lam amplifies the O(tol) imbalance of
+            W; with this option the formulas act exactly at the balanced point
+            Q_p L Q_{p-1}^T over phi(W) (used by the Langevin sampler).
+    """
+
+    def __init__(
+        self,
+        W: Array,
+        depth: int | None = None,
+        *,
+        svd_of_X: SVD | None = None,
+        orthogonalize: bool = False,
+    ) -> None:
+        xp = namespace(W)
+        N = int(W.shape[-3] if depth is None else depth)
+        f = svd(end_to_end(W)) if svd_of_X is None else svd_of_X
+        self.N = N
+        self.s = f.s
+        self.logs = xp.log(f.s)
+        self.lam = xp.exp(self.logs / N)
+        Q = [f.V]
+        for p in range(N - 1 if orthogonalize else N):
+            Qp = (W[..., p, :, :] @ Q[-1]) / self.lam[..., None, :]
+            Q.append(polar(Qp) if orthogonalize else Qp)
+        if orthogonalize:
+            Q.append(f.U)
+        self.Q = xp.stack(Q, axis=-3)
+
+    @property
+    def K(self) -> Array:
+        """The metric multiplier K_ij (shape (..., d, d))."""
+        return namespace(self.s).exp(log_K(self.s, self.N))
+
+    @cached_property
+    def inv_K(self) -> Array:
+        return namespace(self.s).exp(-log_K(self.s, self.N))
+
+    @cached_property
+    def M(self) -> Array:
+        """(M_p)_ij = lam_i^(N-p) lam_j^(p-1), p = 1..N, shape (..., N, d, d) (from logs)."""
+        xp = namespace(self.logs)
+        N = self.N
+        p = _arange(xp, N, self.logs)  # p - 1 = 0..N-1
+        li = self.logs[..., None, :, None] / N
+        lj = self.logs[..., None, None, :] / N
+        return xp.exp((N - 1 - p)[:, None, None] * li + p[:, None, None] * lj)
+
+    @cached_property
+    def sine(self) -> Array:
+        """Orthogonal symmetric sine transform sqrt(2/N) sin(p k pi / N), p, k = 1..N-1."""
+        xp = namespace(self.lam)
+        k = _arange(xp, self.N - 1, self.lam) + 1.0
+        return math.sqrt(2.0 / self.N) * xp.sin((math.pi / self.N) * k[:, None] * k[None, :])
+
+    @cached_property
+    def mu(self) -> Array:
+        """Eigenvalues 2(lam_i - lam_j)^2 + 8 lam_i lam_j sin^2(k pi / 2N), (..., N-1, d, d)."""
+        xp = namespace(self.lam)
+        k = _arange(xp, self.N - 1, self.lam) + 1.0
+        li = self.lam[..., None, :, None]
+        lj = self.lam[..., None, None, :]
+        return (
+            2.0 * (li - lj) ** 2
+            + 8.0 * (li * lj) * (xp.sin((0.5 * math.pi / self.N) * k) ** 2)[:, None, None]
+        )
+
+    # batched geometry -------------------------------------------------------
+    def to_frame(self, E: Array) -> Array:
+        """E'_p = Q_p^T E_p Q_{p-1}."""
+        return _to_frame(self, E)
+
+    def from_frame(self, Ep: Array) -> Array:
+        """E_p = Q_p E'_p Q_{p-1}^T."""
+        return _from_frame(self, Ep)
+
+    def project_frame(self, Ep: Array) -> Array:
+        """Tangent projection in frame coordinates: horizontal + vertical part."""
+        if self.N == 1:
+            return _horizontal_frame(self, Ep)
+        return _project_frame(self, Ep)
+
+    def projection(self, E: Array) -> Array:
+        """Orthogonal projection of E (..., N, d, d) onto the tangent spaces."""
+        return self.from_frame(self.project_frame(self.to_frame(E)))
+
+    def retraction_second_order(
+        self, Vp: Array, rtol: float, max_iterations: int = 50
+    ) -> tuple[Array, Array, int]:
+        """Batched orthographic retraction W + V + G(S) of frame-coordinate tangent vectors Vp.
+
+        Chord Newton S <- S - T^{-1} h(Y) per batch entry (the frame coordinates of W
+        are diag(lam) in every layer) until the relative balance residual is <= rtol.
+        Returns (W', relative balance residual per batch entry, Newton iterations); an
+        entry whose residual grows, or whose normal correction |G(S)| exceeds |V|
+        (Newton found a far-away solution, or none), gets residual inf. Unlike
+        :meth:`BalancedManifold.retraction_second_order` there is no fallback: the
+        caller re-projects the failed entries.
+        """
+        return _orthographic_batch(self, Vp, rtol, max_iterations)
+
+
+def _compute_frames(W: Array, f: SVD | None = None) -> BalancedFrames:
+    return BalancedFrames(W, svd_of_X=f)
+
+
+def _to_frame(fr: BalancedFrames, E: Array) -> Array:
+    """E'_p = Q_p^T E_p Q_{p-1}."""
+    return _mT(fr.Q[..., 1:, :, :]) @ E @ fr.Q[..., :-1, :, :]
+
+
+def _from_frame(fr: BalancedFrames, Ep: Array) -> Array:
+    """E_p = Q_p E'_p Q_{p-1}^T."""
+    return fr.Q[..., 1:, :, :] @ Ep @ _mT(fr.Q[..., :-1, :, :])
+
+
+def _dphi_frame(fr: BalancedFrames, Ep: Array) -> Array:
+    """dphi(E)' = U^T dphi(E) V = sum_p E'_p o M_p (shape (..., d, d))."""
+    return namespace(Ep).sum(Ep * fr.M, axis=-3)
+
+
+def _horizontal_frame(fr: BalancedFrames, Ep: Array) -> Array:
+    """lift(dphi(E))' = ((sum_q E'_q o M_q) / K) o M_p."""
+    return (_dphi_frame(fr, Ep) * fr.inv_K)[..., None, :, :] * fr.M
+
+
+def _G(fr: BalancedFrames, A: Array) -> Array:
+    """G(A)_p = L A_{p-1} - A_p L, p = 1..N, for A of shape (..., N-1, d, d)."""
+    xp = namespace(A)
+    z = xp.zeros_like(A[..., :1, :, :])
+    Apad = xp.concat([z, A, z], axis=-3)
+    li, lj = fr.lam[..., None, :, None], fr.lam[..., None, None, :]
+    return li * Apad[..., :-1, :, :] - Apad[..., 1:, :, :] * lj
+
+
+def _GT(fr: BalancedFrames, Ep: Array) -> Array:
     """G^T(E')_p = L E'_{p+1} - E'_p L, p = 1..N-1."""
-    lam = fr.lam
-    return lam[None, :, None] * Ep[1:] - Ep[:-1] * lam[None, None, :]
+    li, lj = fr.lam[..., None, :, None], fr.lam[..., None, None, :]
+    return li * Ep[..., 1:, :, :] - Ep[..., :-1, :, :] * lj
 
 
-def _jacobi_solve(fr: _Frames, B: Array) -> Array:
-    """T^{-1} B entrywise along depth, by the fixed discrete sine transform.
+def _jacobi_solve(fr: BalancedFrames, B: Array) -> Array:
+    """T^{-1} B entrywise along depth (axis -3), by the fixed discrete sine transform.
 
     T is tridiagonal Toeplitz in p = 1..N-1 with diagonal 2(lam_i^2 + lam_j^2)
-    and off-diagonal -2 lam_i lam_j.
+    and off-diagonal -2 lam_i lam_j; T = S diag(mu) S with S the sine transform.
     """
-    xp = namespace(B)
-    n = fr.N - 1
-    if n == 0:
+    if fr.N == 1:
         return B * 1
-    d = B.shape[-1]
-    k = _arange(xp, n, fr.lam) + 1.0  # 1..N-1 (also the p index)
-    theta = math.pi / fr.N
-    S = math.sqrt(2.0 / fr.N) * xp.sin(theta * k[:, None] * k[None, :])  # symmetric, orthogonal
-    li = fr.lam[:, None]
-    lj = fr.lam[None, :]
-    mu = (
-        2.0 * (li - lj) ** 2
-        + 8.0 * (li * lj)[None, :, :] * (xp.sin(0.5 * theta * k) ** 2)[:, None, None]
-    )
-    Bh = xp.reshape(S @ xp.reshape(B, (n, d * d)), (n, d, d)) / mu
-    return xp.reshape(S @ xp.reshape(Bh, (n, d * d)), (n, d, d))
+    Bh = einsum("kp,...pij->...kij", fr.sine, B) / fr.mu
+    return einsum("kp,...pij->...kij", fr.sine, Bh)
 
 
-def _vertical_frame(fr: _Frames, Ep: Array) -> Array:
+def _vertical_frame(fr: BalancedFrames, Ep: Array) -> Array:
     if fr.N == 1:
         return Ep * 0
     F = _GT(fr, Ep)
     return _G(fr, _jacobi_solve(fr, F - _mT(F)))
 
 
-def _normal_coords(fr: _Frames, Ep: Array) -> Array:
-    """S' (symmetric, (N-1, d, d)) with normal part of E equal to G(S')."""
+def _normal_coords(fr: BalancedFrames, Ep: Array) -> Array:
+    """S' (symmetric, (..., N-1, d, d)) with normal part of E equal to G(S')."""
     F = _GT(fr, Ep)
     return _jacobi_solve(fr, F + _mT(F))
 
 
-def _project_frame(fr: _Frames, Ep: Array) -> Array:
+def _project_frame(fr: BalancedFrames, Ep: Array) -> Array:
     return _horizontal_frame(fr, Ep) + _vertical_frame(fr, Ep)
+
+
+def _in_frames(W: Array, E: Array, frame_map: Any) -> Array:
+    """Apply a frame-coordinate map to an ambient vector: Q (frame_map(fr, E')) Q^T."""
+    namespace(W, E)
+    fr = _compute_frames(W)
+    return _from_frame(fr, frame_map(fr, _to_frame(fr, E)))
+
+
+def _orthographic_batch(
+    fr: BalancedFrames, Vp: Array, rtol: float, max_iterations: int
+) -> tuple[Array, Array, int]:
+    """See :meth:`BalancedFrames.retraction_second_order`."""
+    xp = namespace(Vp)
+    base = fr.lam[..., None, None, :] * _eye_like(xp, Vp) + Vp
+    if fr.N == 1:
+        return fr.from_frame(base), xp.zeros_like(fr.s[..., 0]), 0
+    S = xp.zeros_like(base[..., 1:, :, :])
+    Y = base
+    prev = None
+    failed = None
+    n_iter = 0
+    while True:
+        h = balance_residual(Y)
+        scale = xp.max(xp.sum(Y * Y, axis=(-2, -1)), axis=-1)
+        res = xp.sqrt(xp.max(xp.sum(h * h, axis=(-2, -1)), axis=-1)) / scale
+        res = xp.where(xp.isfinite(res), res, xp.full_like(res, math.inf))
+        if prev is None:
+            failed = ~xp.isfinite(res)
+        else:
+            # an entry whose residual grows is beyond the reach of the chord iteration
+            failed = failed | (res > 2.0 * prev) | ~xp.isfinite(res)
+        active = (res > rtol) & ~failed
+        if n_iter >= max_iterations or not bool(to_float(xp.any(active))):
+            break
+        n_iter += 1
+        S = S - _jacobi_solve(fr, xp.where(active[..., None, None, None], h, 0.0 * h))
+        Y = base + _G(fr, S)
+        prev = xp.where(active, res, prev if prev is not None else res)
+    # the normal correction of a second-order retraction is O(|V|^2 / reach): a
+    # correction larger than the step itself means Newton found a far-away
+    # solution (or none): such entries are reported as failed (inf residual)
+    corr = xp.sum(_G(fr, S) ** 2, axis=(-3, -2, -1))
+    size = xp.sum(Vp * Vp, axis=(-3, -2, -1))
+    failed = failed | (corr > size)
+    res = xp.where(failed, xp.full_like(res, math.inf), res)
+    return fr.from_frame(Y), res, n_iter
+
+
+def phi_adjoint(W: Array, G: Array) -> Array:
+    """Adjoint of dphi_W applied to G: (W_N..W_{p+1})^T G (W_{p-1}..W_1)^T, p = 1..N.
+
+    This is the Euclidean gradient in W of f(phi(W)) when G = nabla f(phi(W)).
+    Batched over leading axes of W (shape (..., N, d, d)) and G (shape (..., d, d)).
+    """
+    xp = namespace(W, G)
+    N = W.shape[-3]
+    # prefix[p] = W_{p-1} ... W_0 (p = 0..N-1), suffix[p] = W_{N-1} ... W_{p+1}
+    eye = _eye_like(xp, W) + 0 * W[..., 0, :, :]
+    prefix = [eye]
+    for p in range(1, N):
+        prefix.append(W[..., p - 1, :, :] @ prefix[-1])
+    suffix = [eye] * N
+    for p in range(N - 2, -1, -1):
+        suffix[p] = suffix[p + 1] @ W[..., p + 1, :, :]
+    out = [_mT(suffix[p]) @ G @ _mT(prefix[p]) for p in range(N)]
+    return xp.stack(out, axis=-3)
+
+
+def reproject_balanced(W: Array, depth: int | None = None) -> Array:
+    """A balanced point close to a drifted stack W (..., N, d, d) (a rescue step).
+
+    Keeps X = phi(W) and rebuilds the balanced stack over it with the frames
+    Q_p = polar(W_p Q_{p-1} diag(lam)^{-1}), Q_0 = V, Q_N = U taken from W (exactly W
+    when W is balanced). Depth 1 returns a copy.
+    """
+    N = int(W.shape[-3] if depth is None else depth)
+    if N == 1:
+        return W * 1
+    f = svd(end_to_end(W))
+    fr = BalancedFrames(W, N, svd_of_X=f, orthogonalize=True)
+    return _balanced_from(f, fr.Q[..., 1:-1, :, :], N)
 
 
 def _haar(spec: ArraySpec, shape: tuple[int, ...], gen: Any) -> Array:
@@ -431,39 +594,38 @@ class BalancedManifold(Manifold):
         """
         namespace(W, Z)
         fr = _compute_frames(W)
-        xp = namespace(W)
-        C = (_mT(fr.Q[-1]) @ Z @ fr.Q[0]) * xp.exp(-log_K(fr.s, fr.N))
-        return _from_frame(fr, C[None, :, :] * _weights_M(fr))
+        C = (_mT(fr.Q[-1]) @ Z @ fr.Q[0]) * fr.inv_K
+        return _from_frame(fr, C[None, :, :] * fr.M)
 
     def differential(self, W: Array, V: Array) -> Array:
         """dphi_W(V) = sum_p W_N..W_{p+1} V_p W_{p-1}..W_1 (through the frames)."""
         namespace(W, V)
         fr = _compute_frames(W)
-        xp = namespace(W)
-        Zp = xp.sum(_to_frame(fr, V) * _weights_M(fr), axis=0)
+        Zp = _dphi_frame(fr, _to_frame(fr, V))
         return fr.Q[-1] @ Zp @ _mT(fr.Q[0])
 
     def vertical_part(self, W: Array, V: Array) -> Array:
         """Orthogonal projection onto the vertical space (orbit directions)."""
-        namespace(W, V)
-        fr = _compute_frames(W)
-        return _from_frame(fr, _vertical_frame(fr, _to_frame(fr, V)))
+        return _in_frames(W, V, _vertical_frame)
 
     def horizontal_part(self, W: Array, V: Array) -> Array:
         """Orthogonal projection onto the horizontal space: lift(dphi_W(V))."""
-        namespace(W, V)
         if W.shape[0] == 1:
+            namespace(W, V)
             return V * 1
-        fr = _compute_frames(W)
-        return _from_frame(fr, _horizontal_frame(fr, _to_frame(fr, V)))
+        return _in_frames(W, V, _horizontal_frame)
 
     def normal_part(self, W: Array, V: Array) -> Array:
         """Orthogonal projection onto the normal space (range of J(W)^T)."""
-        namespace(W, V)
-        fr = _compute_frames(W)
-        if fr.N == 1:
+        if W.shape[0] == 1:
+            namespace(W, V)
             return V * 0
-        return _from_frame(fr, _G(fr, _normal_coords(fr, _to_frame(fr, V))))
+        return _in_frames(W, V, lambda fr, Vp: _G(fr, _normal_coords(fr, Vp)))
+
+    @staticmethod
+    def differential_adjoint(W: Array, G: Array) -> Array:
+        """dphi_W^*(G) = ((W_N..W_{p+1})^T G (W_{p-1}..W_1)^T)_p (:func:`phi_adjoint`)."""
+        return phi_adjoint(W, G)
 
     @staticmethod
     def vertical_vector(W: Array, Omega: Array) -> Array:
@@ -477,8 +639,7 @@ class BalancedManifold(Manifold):
     def orbit_action(W: Array, R: Array) -> Array:
         """W_p -> R_p W_p R_{p-1}^T, R_0 = R_N = I, for R (N-1, d, d) in O(d)^{N-1}."""
         xp = namespace(W, R)
-        d = W.shape[-1]
-        eye = xp.eye(d, dtype=W.dtype, device=_device(W))[None]
+        eye = _eye_like(xp, W)[None]
         Rf = xp.concat([eye, R, eye], axis=0)
         return Rf[1:] @ W @ _mT(Rf[:-1])
 
@@ -498,11 +659,10 @@ class BalancedManifold(Manifold):
 
         Depth 1 returns a copy of E (M is open in R^{d x d}).
         """
-        namespace(point, vector)
         if point.shape[0] == 1:
+            namespace(point, vector)
             return vector * 1
-        fr = _compute_frames(point)
-        return _from_frame(fr, _project_frame(fr, _to_frame(fr, vector)))
+        return _in_frames(point, vector, _project_frame)
 
     def to_tangent_space(self, point: Array, vector: Array) -> Array:
         return self.projection(point, vector)
@@ -542,11 +702,11 @@ class BalancedManifold(Manifold):
         namespace(point, tangent_vector)
         return self._chart_retraction(_compute_frames(point), point, tangent_vector)
 
-    def _chart_retraction(self, fr: _Frames, W: Array, V: Array) -> Array:
+    def _chart_retraction(self, fr: BalancedFrames, W: Array, V: Array) -> Array:
         xp = namespace(W)
         N = fr.N
         Vp = _to_frame(fr, V)
-        Zp = xp.sum(Vp * _weights_M(fr), axis=0)  # U^T dphi(V) V
+        Zp = _dphi_frame(fr, Vp)  # U^T dphi(V) V
         # X_new = X expm(X^{-1} Z) = U S expm(S^{-1} Z') V^T
         Xn = (fr.Q[-1] * fr.s[None, :]) @ expm(Zp / fr.s[:, None]) @ _mT(fr.Q[0])
         f = svd(Xn)
@@ -596,7 +756,7 @@ class BalancedManifold(Manifold):
         it = 0
         for it in range(1, max_iterations + 1 if N > 1 else 1):
             Y = base + _G(fr, S)
-            h = _mT(Y[1:]) @ Y[1:] - Y[:-1] @ _mT(Y[:-1])
+            h = balance_residual(Y)
             scale = to_float(xp.max(xp.sum(Y * Y, axis=(-2, -1))))
             res = to_float(xp.sqrt(xp.max(xp.sum(h * h, axis=(-2, -1))))) / max(scale, 1e-300)
             if not math.isfinite(res) or res > 10 * prev:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .._backend import is_torch, namespace, to_float
+from .balanced import polar, reproject_balanced
 
 Array = Any
 
@@ -101,13 +102,6 @@ def point_shape(manifold: Any) -> tuple[int, ...]:
     return tuple(np.shape(manifold.random_point()))
 
 
-def _polar(A: Array) -> Array:
-    """Orthogonal polar factor U V^T of A (batched)."""
-    xp = namespace(A)
-    U, _, Vt = xp.linalg.svd(A, full_matrices=False)
-    return U @ Vt
-
-
 def project_point(manifold: Any, x: Array) -> Array:
     """A point of ``manifold`` close to ``x`` (used to re-project drifting iterates).
 
@@ -120,26 +114,13 @@ def project_point(manifold: Any, x: Array) -> Array:
     - otherwise the manifold's ``projx``/``project_point`` if it has one, else x.
     """
     kind = _kind(manifold)
-    xp = namespace(x)
     if kind == "BalancedManifold":
-        from ._metric import balanced_from, end_to_end
-        from ._svd import SVD, svd
-
-        N = x.shape[0]
-        f = svd(end_to_end(x))
-        if N == 1:
-            return x * 1
-        lam = xp.exp(xp.log(f.s) / N)
-        Q = f.V
-        frames = []
-        for p in range(N - 1):
-            Q = _polar((x[p] @ Q) / lam[None, :])
-            frames.append(Q)
-        return balanced_from(SVD(f.U, f.s, f.V), xp.stack(frames, axis=0), N)
+        return reproject_balanced(x, x.shape[0])
     if kind == "Sphere":
+        xp = namespace(x)
         return x / xp.sqrt(xp.sum(x * x))
     if kind == "Stiefel":
-        return _polar(x)
+        return polar(x)
     for name in ("project_point", "projx"):
         if hasattr(manifold, name):
             return getattr(manifold, name)(x)

@@ -56,6 +56,7 @@ class Sphere(Manifold):
             raise ValueError(f"point is not on the sphere: | |x| - 1 | = {err:.3g}")
 
     def is_on_manifold(self, x: Array, atol: float | None = None) -> bool:
+        """True when :meth:`check_point` accepts ``x`` (``atol`` is accepted for API parity)."""
         try:
             self.check_point(x)
         except ValueError:
