@@ -228,3 +228,154 @@ def test_cuda_model():
     r2 = find_symmetries(mlp([784, 128, 10]).cuda(), torch.randn(8, 784, device="cuda"),
                          tracer="fx", jacobian=True)
     assert r2.jacobian_nullity == 128
+
+
+class _SharedLNTransformer(nn.Module):
+    """ln1's output feeds q, k AND v (three linear readers); tied head, no final LN."""
+
+    def __init__(self, vocab=11, d=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.emb = nn.Embedding(vocab, d)
+        self.ln1 = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln2 = nn.LayerNorm(d)
+        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.out = nn.Linear(d, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        B, T, d = x.shape
+        h = self.ln1(x)
+
+        def split(t):
+            return t.view(B, T, self.heads, d // self.heads).transpose(1, 2)
+
+        a = nn.functional.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)),
+                                                       split(self.v(h)))
+        x = x + self.o(a.transpose(1, 2).reshape(B, T, d))
+        x = x + self.down(nn.functional.gelu(self.up(self.ln2(x))))
+        return self.out(x)
+
+
+def _null_residual(model, report, sym, inputs, h=1e-4):
+    """max over the tangent vectors t of ``sym`` of ||J t|| / ||J r|| (r random), J t by
+    central differences (SDPA has no forward-mode AD on CPU)."""
+    from thermanopt.analysis.verify import _forward, _model64, parameters64, tangent_vectors
+
+    m64, p64 = _model64(model), parameters64(model)
+    names = list(p64)
+    keep = report.symmetries
+    report.symmetries = [sym]
+    try:
+        tang = tangent_vectors(report, p64)
+    finally:
+        report.symmetries = keep
+
+    def jv(t):
+        t = t / t.norm()
+        plus, minus, o = {}, {}, 0
+        for k in names:
+            dk = t[o:o + p64[k].numel()].reshape(p64[k].shape)
+            plus[k], minus[k] = p64[k] + h * dk, p64[k] - h * dk
+            o += p64[k].numel()
+        with torch.no_grad():
+            return float((_forward(m64, plus, inputs) - _forward(m64, minus, inputs)).norm()
+                         / (2 * h))
+
+    ref = jv(torch.randn(tang.shape[1], generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64))
+    return max(jv(t) for t in tang) / ref
+
+
+def test_bias_trade_compensates_every_reader():
+    """Regression: a LayerNorm bias read by q, k and v must be traded against all three
+    biases (b_q, b_k, b_v -= W delta), never against q.bias alone (error 0.1-0.3)."""
+    torch.manual_seed(0)
+    model = _SharedLNTransformer().double()
+    # random (non-initial) LayerNorm affine: gamma = 1, beta = 0 hide errors
+    with torch.no_grad():
+        for ln in (model.ln1, model.ln2):
+            ln.weight.add_(0.3 * torch.randn(8, dtype=torch.float64))
+            ln.bias.add_(0.3 * torch.randn(8, dtype=torch.float64))
+    idx = torch.randint(0, 11, (2, 5))
+    r = find_symmetries(model, idx, tracer="fx", jacobian=False)
+    assert all(s.verified and s.verified_error < 1e-6 for s in r.symmetries
+               if not s.approximate), r.table()
+    assert "FAILED" not in r.table()
+    trades = {s.action["src"][0]: s for s in kinds(r, "trade") if s.action["type"] == "trade"}
+    ln1 = trades["ln1.bias"]
+    assert sorted(dst for _w, dst in ln1.action["consumers"]) == ["k.bias", "q.bias", "v.bias"]
+    assert sorted(p["name"] for p in ln1.parameters) == ["k.bias", "ln1.bias", "q.bias",
+                                                         "v.bias"]
+    assert [d for _w, d in trades["ln2.bias"].action["consumers"]] == ["up.bias"]
+    assert [d for _w, d in trades["v.bias"].action["consumers"]] == ["o.bias"]
+    # the tied residual stream keeps O(d - 1) (rotations fixing 1, LN(Mx) = M LN(x)) and
+    # o.bias may move along 1 if down.bias takes it back (ln2 ignores shifts along 1)
+    rot = kinds(r, "rotation")
+    assert [(s.group, s.dim) for s in rot] == [("O(7)", 21)], r.table()
+    shift = [s for s in kinds(r, "trade") if s.action["type"] == "ln_shift"]
+    assert [(s.action["src"], s.action["dst"], s.dim) for s in shift] == [
+        ("o.bias", "down.bias", 1)]
+    # measured Jacobian nullity of this model: 174 (see test_shared_ln_transformer_complete)
+    assert r.continuous_dim == 174
+    # independent check: every continuous direction is in the kernel of the Jacobian
+    for s in r.symmetries:
+        if s.continuous:
+            assert _null_residual(model, r, s, (idx,)) < 1e-8, s.group
+
+
+def test_shared_ln_transformer_complete():
+    """Full Jacobian check (~1 s): nullity 174 = reported continuous dimension."""
+    torch.manual_seed(0)
+    r = find_symmetries(_SharedLNTransformer().double(), torch.randint(0, 11, (2, 5)),
+                        tracer="fx")
+    assert r.jacobian_nullity == 174 and r.complete, r.table()
+    assert r.jacobian_details["tangent_residual"] < 1e-10
+    assert r.jacobian_details["tangent_rank"] == r.continuous_dim
+
+
+def test_bias_read_by_a_nonlinear_op_is_not_traded():
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln, self.a, self.b = nn.LayerNorm(4), nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.ln(x)
+            return self.a(h) + self.b(torch.tanh(h))  # b reads tanh(h): no compensation
+
+    torch.manual_seed(0)
+    r = find_symmetries(Branch().double(), torch.randn(6, 4, dtype=torch.float64),
+                        tracer="fx", jacobian=False)
+    assert not [s for s in kinds(r, "trade") if s.action["src"][0] == "ln.bias"], r.table()
+    assert all(s.verified for s in r.symmetries), r.table()
+
+
+def test_failed_verification_is_flagged():
+    """A wrong claim (the old q.bias-only trade) is marked FAILED and the report incomplete."""
+    from thermanopt.analysis.symmetries import Symmetry
+    from thermanopt.analysis.verify import verify_report
+
+    torch.manual_seed(0)
+    model = _SharedLNTransformer().double()
+    with torch.no_grad():
+        model.ln1.bias.add_(0.3 * torch.randn(8, dtype=torch.float64))
+    r = find_symmetries(model, torch.randint(0, 11, (2, 5)), tracer="fx", verify=False)
+    wrong = Symmetry("trade", True, "R^8", 8, None,
+                     [{"name": "ln1.bias", "index": ":", "dim": 0, "role": "trade"}], size=8,
+                     action={"type": "trade", "src": ("ln1.bias", ()),
+                             "weight": ("q.weight", ()), "dst": "q.bias", "dim": 8})
+    r.symmetries.append(wrong)
+    verify_report(model, r, jacobian=False)
+    assert wrong.verified is False and wrong.verified_error > 1e-3
+    assert r.complete is False and "FAILED" in r.table()
+    assert any("verification FAILED" in n for n in r.notes)
+    assert json_verified(r) == [True] * (len(r.symmetries) - 1) + [False]
+
+
+def json_verified(report):
+    import json
+
+    return [s["verified"] for s in json.loads(report.to_json())["symmetries"]]

@@ -25,6 +25,20 @@ permutation only      permutation          0
 plus ``null`` directions (a key bias before the softmax over keys, a bias feeding a
 train-mode BatchNorm) and, at loss level, the translation ``W += 1 v^T, b += c 1`` of the
 final linear layer (dimension ``in_features + 1``).
+
+Bias trades (``trade``): a bias ``b`` whose output is read only by linear maps
+``y_j = W_j(. + b) + c_j`` moves as ``(b + u, c_j - W_j u for every j)`` (dimension
+``len(b)``); a trade is reported only when *every* reader compensates (a LayerNorm bias read
+by q, k and v trades against all three biases). A tied residual space read only by
+LayerNorms and linear maps keeps ``O(n-1)``: rotations with ``M 1 = 1`` commute with the
+LayerNorm (``LN(Mx) = M LN(x)``), each linear reader of a LayerNorm output compensates
+``W' = W diag(g) M^T diag(1/g)``, ``b' = b + (W - W') beta`` (dimension ``(n-1)(n-2)/2``). A
+bias whose output is read only by LayerNorms and one more residual addition may move along
+``1`` if the bias of that addition takes it back (``trade`` of dimension 1, ``ln_shift``).
+
+A symmetry whose group-element check fails (relative error > 1e-6, not ``approximate``) gets
+``verified = False``, is marked ``FAILED`` in :meth:`SymmetryReport.table` and makes the report
+``complete = False``.
 """
 
 from __future__ import annotations
@@ -62,11 +76,13 @@ class Symmetry:
     copies: int = 1
     note: str = ""
     action: dict = field(default_factory=dict, repr=False)
+    verified: bool | None = None  # False: the group-element check failed (error > 1e-6)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("kind", "continuous", "group", "dim", "order",
                                            "log_order", "level", "verified_error",
-                                           "approximate", "size", "copies", "note")}
+                                           "approximate", "size", "copies", "note",
+                                           "verified")}
         if isinstance(d["order"], int) and d["order"] > 2**53:
             d["order"] = None
         d["parameters"] = self.parameters
@@ -136,6 +152,8 @@ class SymmetryReport:
             par = ", ".join(names[:4]) + (f", +{len(names) - 4}" if len(names) > 4 else "")
             ver = "-" if s.verified_error is None else f"{s.verified_error:.1e}"
             flag = " (approx: eps)" if s.approximate else ""
+            if s.verified is False:
+                flag += "  FAILED"
             lines.append(f"{s.kind:<15}{s.group:<22}{'yes' if s.continuous else 'no':<6}"
                          f"{s.dim:>7}  {s.level:<9}{ver:>10}  {par}{flag}")
         lines.append("-" * len(head))
@@ -277,12 +295,32 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
         records.append(Symmetry("null", True, f"R^{ln['rows']}", ln["rows"], None, ps,
                                 size=ln["rows"], note=ln["reason"],
                                 action={"type": "ln_null", **ln}))
+    for rot in getattr(an, "ln_rotations", []):
+        n = rot["size"]
+        axes = leaf_index.get(rot["leaf"], [])
+        ps = params_of(axes)
+        for nrm in rot["norms"]:
+            ps += [{"name": w, "index": ":", "dim": 1, "role": "in"} for w, _b in nrm["readers"]]
+            ps += [{"name": b, "index": ":", "dim": 0, "role": "out"} for _w, b in
+                   nrm["readers"] if b is not None and nrm["beta"] is not None]
+        records.append(Symmetry("rotation", True, f"O({n - 1})", (n - 1) * (n - 2) // 2, None,
+                                ps, size=n,
+                                note="tied space read by LayerNorms: rotations fixing 1 "
+                                     "(LN(Mx) = M LN(x)); LN readers compensate",
+                                action={"type": "ln_orth", **rot}))
+    for sh in getattr(an, "ln_shifts", []):
+        records.append(Symmetry(
+            "trade", True, "R^1", 1, None,
+            [{"name": sh["src"], "index": ":", "dim": 0, "role": "trade"},
+             {"name": sh["dst"], "index": ":", "dim": 0, "role": "trade"}],
+            note=sh["reason"], size=1, action={"type": "ln_shift", **sh}))
     for tr in an.trades:
         records.append(Symmetry(
             "trade", True, f"R^{tr['dim']}", tr["dim"], None,
             [{"name": tr["src"][0], "index": _fmt_index(tr["src"][1]), "dim": 0,
-              "role": "trade"},
-             {"name": tr["dst"], "index": ":", "dim": 0, "role": "trade"}],
+              "role": "trade"}]
+            + [{"name": dst, "index": ":", "dim": 0, "role": "trade"}
+               for _w, dst in tr.get("consumers", [(tr["weight"], tr["dst"])])],
             note=tr["reason"], size=tr["dim"], action={"type": "trade", **tr}))
     if output == "logits" and an.output_linear is not None:
         ol = an.output_linear

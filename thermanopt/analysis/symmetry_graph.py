@@ -102,6 +102,9 @@ class SymmetryAnalysis:
         self.output_linear: dict | None = None
         self.trade_src: dict[str, tuple] = {}  # value -> (param, index) of a value bias
         self.trades: list[dict] = []
+        # deferred bias trades, checked against every reader once the graph is known
+        self.trade_cands: list[dict] = []
+        self.trade_via: dict[str, str] = {}  # attention output -> its value operand
         self.consumers: list[tuple[int, str]] = []
         self.ln_out: dict[str, tuple] = {}  # value -> (ln weight, ln bias) of a LayerNorm output
         self.ln_nulls: list[dict] = []
@@ -114,6 +117,7 @@ class SymmetryAnalysis:
                 for i in ax:
                     self.consumers.append((i, "output"))
         self._final_output_translation()
+        self._resolve_trades()
         seen = set(self.param_of.values())
         for pname, shape in param_shapes.items():
             if pname not in seen:
@@ -369,14 +373,23 @@ class SymmetryAnalysis:
             if bias is not None:
                 self.unify(self.ax(bias)[0], wa[0], 0, why)
                 self.bias_of[node.name] = bias.name
-                src = self.trade_src.get(x.name)
-                if src is None and x.name in self.bias_of and self.bias_of[x.name] in \
+                src, origin, via = self.trade_src.get(x.name), None, None
+                if src is not None:
+                    origin = self._origin(x.name, self.trade_src)
+                    via = self.trade_via.get(origin)
+                elif x.name in self.bias_of and self.bias_of[x.name] in \
                         self.param_of and self.shp(Ref(self.bias_of[x.name])) == (
                             self.shp(w)[1],):
                     src = (self.param_of[self.bias_of[x.name]], ())
+                    origin = self._origin(x.name, self.bias_of)
                 if src is not None and w.name in self.param_of and bias.name in self.param_of \
                         and src[0] != self.param_of[bias.name]:
-                    self._trade(src, (self.param_of[w.name], ()), self.param_of[bias.name], why)
+                    checks = []
+                    if via is not None:  # the value bias must reach only this attention
+                        checks.append((self._origin(via, self.bias_of), origin))
+                    self._trade_candidate(src, origin, node.name,
+                                          (self.param_of[w.name], ()),
+                                          self.param_of[bias.name], why, checks)
             self._ln_consumer(x, w, bias, ())
             self._set(node, list(xa[:-1]) + [wa[0]])
             return
@@ -558,15 +571,93 @@ class SymmetryAnalysis:
                     uses += 1
         return uses > 1
 
-    def _trade(self, src: tuple, weight: tuple, dst: str, why: str) -> None:
-        """Attention rows sum to 1: a value bias b_v reaches the output projection
-        unchanged, so (b_v + u, b_o - W_o u) leaves the output invariant."""
+    def _trade(self, src: tuple, weight: tuple | None, dst: str, why: str,
+               consumers: list | None = None) -> None:
+        """A bias ``b`` whose shifted output ``u`` is read only by linear maps (or a sum)
+        ``y_j = W_j (. + u) + c_j``: ``(b + u, c_j - W_j u for every j)`` leaves the output
+        invariant (attention rows sum to 1, so a value bias reaches the output projection
+        unchanged). ``consumers``: every ``(weight or None, bias)`` that must compensate."""
         if any(t["src"] == src for t in self.trades):
             return
         size = math.prod(self.param_shapes[src[0]]) if not src[1] else \
             src[1][0].stop - src[1][0].start
-        self.trades.append({"src": src, "weight": weight, "dst": dst, "dim": size,
-                            "reason": f"value bias and output bias exchange a shift ({why})"})
+        consumers = consumers if consumers is not None else [(weight, dst)]
+        self.trades.append({"src": src, "weight": consumers[0][0], "dst": consumers[0][1],
+                            "consumers": consumers, "dim": size,
+                            "reason": f"a bias and the bias(es) of its reader(s) exchange a "
+                                      f"shift ({why})"})
+
+    _VIEW_OPS = ("identity", "transpose", "permute", "reshape")
+
+    def _origin(self, name: str, table: dict) -> str:
+        """The value where the entry ``table[name]`` (a bias, a value bias) was attached:
+        walk back through the ops that only propagated it."""
+        entry = table.get(name)
+        for _ in range(10_000):
+            node = self.producer.get(name)
+            if node is None or node.op in ("linear", "conv", "sdpa", "mha", "layer_norm",
+                                           "rms_norm", "batch_norm", "add", "sub"):
+                return name
+            src = next((r for r in node.args if isinstance(r, Ref)), None)
+            if src is None or table.get(src.name) != entry:
+                return name
+            name = src.name
+        return name
+
+    def _readers(self, name: str) -> list[tuple[str | None, str]]:
+        """Every (op node, value) that reads ``name``, looking through view ops;
+        ``(None, name)`` when the value is a model output."""
+        if not hasattr(self, "_reader_map"):
+            rm: dict[str, list] = {}
+            for n in self.tg.nodes:
+                for r in {r.name for r in n.args if isinstance(r, Ref)}:
+                    rm.setdefault(r, []).append(n)
+            self._reader_map = rm
+        out, stack, seen = [], [name], set()
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v in self.tg.outputs:
+                out.append((None, v))
+            for n in self._reader_map.get(v, []):
+                if n.op in self._VIEW_OPS:
+                    stack.append(n.name)
+                else:
+                    out.append((n.name, v))
+        return out
+
+    def _trade_candidate(self, src: tuple, origin: str, reader: str, weight: tuple | None,
+                         dst: str, why: str, checks: list | None = None) -> None:
+        """Record a possible trade; kept by :meth:`_resolve_trades` only if every reader of
+        ``origin`` is a compensating candidate (a bias read by q, k and v must be
+        compensated in all three) and every ``(value, node)`` in ``checks`` is read only by
+        ``node``."""
+        self.trade_cands.append({"src": src, "origin": origin, "reader": reader,
+                                 "weight": weight, "dst": dst, "why": why,
+                                 "checks": list(checks or [])})
+
+    def _resolve_trades(self) -> None:
+        groups: dict[tuple, list] = {}
+        for c in self.trade_cands:
+            groups.setdefault((c["src"], c["origin"]), []).append(c)
+        for (src, origin), cands in groups.items():
+            by_reader = {c["reader"]: c for c in cands}
+            readers = self._readers(origin)
+            ok = bool(readers) and all(r in by_reader for r, _v in readers)
+            for c in cands:
+                for value, node in c["checks"]:
+                    ok = ok and all(r == node for r, _v in self._readers(value))
+            dsts = [c["dst"] for c in by_reader.values()]
+            ok = ok and len(set(dsts)) == len(dsts) and src[0] not in dsts
+            if not ok:
+                self.notes.append(f"no bias trade for {src[0]}: its output is also read by an "
+                                  "operation that cannot compensate the shift")
+                continue
+            cons = [(c["weight"], c["dst"]) for c in by_reader.values()]
+            self._trade(src, cons[0][0], cons[0][1], ", ".join(c["why"] for c in
+                                                                  by_reader.values()), cons)
 
     def _binary(self, node: OpNode) -> None:
         op, (x, y), why = node.op, node.args, f"{node.name}({node.op})"
@@ -580,7 +671,10 @@ class SymmetryAnalysis:
                         and bx in self.param_of and by in self.param_of
                         and self.shp(Ref(bx)) == self.shp(Ref(by))
                         and len(self.shp(Ref(bx))) == 1):
-                    self._trade((self.param_of[by], ()), None, self.param_of[bx], why)
+                    self._trade_candidate((self.param_of[by], ()),
+                                          self._origin(y.name, self.bias_of), node.name, None,
+                                          self.param_of[bx], why,
+                                          [(self._origin(x.name, self.bias_of), node.name)])
                 if yp and len(self.shp(y)) >= 1:
                     self.bias_of[node.name] = y.name
                 elif xp:
@@ -721,6 +815,7 @@ class SymmetryAnalysis:
         vb = self.bias_of.get(v.name)
         if vb is not None and vb in self.param_of:
             self.trade_src[node.name] = (self.param_of[vb], ())
+            self.trade_via[node.name] = v.name
 
     def _mha(self, node: OpNode) -> None:
         q, k, v, inw, inb, outw, outb = node.args[:7]
@@ -778,8 +873,10 @@ class SymmetryAnalysis:
             self._ln_consumer(q, inw, inb, (), rows=3 * E)
             bq = self.bias_of.get(q.name)
             if inb is not None and bq in self.param_of and len(self.shp(Ref(bq))) == 1:
-                self._trade((self.param_of[bq], ()), (self.param_of[inw.name], ()),
-                            self.param_of[inb.name], why)
+                self._trade_candidate((self.param_of[bq], ()),
+                                      self._origin(q.name, self.bias_of), node.name,
+                                      (self.param_of[inw.name], ()), self.param_of[inb.name],
+                                      why)
         if inb is not None and outb is not None:
             self._trade((self.param_of[inb.name], (slice(2 * E, 3 * E),)),
                         (self.param_of[outw.name], ()), self.param_of[outb.name], why)
@@ -1010,8 +1107,117 @@ class SymmetryAnalysis:
                     prods.append((k, d, pos))
                 if prods:
                     self.centered.append({"leaf": leaf, "producers": prods})
+        self.ln_rotations = self._find_ln_rotations(cons)
+        self.ln_shifts = self._find_ln_shifts()
         return {"pieces": self.pieces, "piece_axes": piece_axes,
                 "perm_groups": [sorted(m) for m in groups.values()], "segs": self.segs}
+
+    def _ln_readers(self, ln: OpNode) -> list | None:
+        """(weight, bias) of every linear reading a LayerNorm output, or None when another
+        operation (or a tied / bias-less weight that cannot compensate beta) reads it."""
+        beta = ln.args[2] is not None
+        out = []
+        for r, v in self._readers(ln.name):
+            n = self.producer.get(r) if r is not None else None
+            if n is None or n.op != "linear" or not isinstance(n.args[0], Ref) or \
+                    n.args[0].name != v or n.args[1].name not in self.param_of:
+                return None
+            wname = self.param_of[n.args[1].name]
+            b = n.args[2]
+            bname = self.param_of.get(b.name) if b is not None else None
+            if self._tied(wname) or (beta and (bname is None or self._tied(bname))):
+                return None
+            out.append((wname, bname))
+        return out or None
+
+    def _find_ln_rotations(self, cons: dict) -> list[dict]:
+        """Tied residual stream read only by LayerNorms and linear maps: LN(M x) = M LN(x)
+        for M orthogonal with M 1 = 1 (mean and norm kept), so the tied O(n) broken by the
+        LayerNorms survives as O(n-1) on the complement of 1; each linear reader of a
+        LayerNorm output compensates ``W' = W diag(g) M^T diag(1/g)``,
+        ``b' = b + (W - W') beta``."""
+        found: dict[int, dict] = {}
+        lns = [n for n in self.tg.nodes if n.op == "layer_norm"
+               and len(n.kwargs.get("normalized_shape", ())) == 1]
+        centered = {c["leaf"] for c in self.centered}
+        bad: set[int] = set()
+        for ln in lns:
+            lf = self.leaves(self.vals[ln.args[0].name][-1])
+            if len(lf) != 1:
+                continue
+            leaf = lf[0][0]
+            s = self.segs[leaf]
+            ok = (not s.fixed and s.size >= 3 and s.copies_of is None and not s.children
+                  and leaf not in centered
+                  and {t for t, _p in cons.get(leaf, set())} <= {"layer_norm", "linear"}
+                  and any("tied (dual) use" in why for why, _f in s.reasons)
+                  and all("tied (dual) use" in why or (why.endswith("(layer_norm)")
+                                                      and tuple(f) == ("homog",))
+                          for why, f in s.reasons))
+            readers = self._ln_readers(ln) if ok else None
+            if readers is None:
+                bad.add(leaf)
+                continue
+            g = self.param_of.get(ln.args[1].name) if ln.args[1] is not None else None
+            be = self.param_of.get(ln.args[2].name) if ln.args[2] is not None else None
+            rec = found.setdefault(leaf, {"leaf": leaf, "size": s.size, "norms": []})
+            rec["norms"].append({"gamma": g, "beta": be, "readers": readers})
+        return [r for leaf, r in found.items() if leaf not in bad]
+
+    def _find_ln_shifts(self) -> list[dict]:
+        """``z1 = a + W1 h + b1`` read only by LayerNorms and by ``z2 = z1 + W2 k + b2``:
+        (b1 + c 1, b2 - c 1) changes z1 along 1 only (invisible to the LayerNorms) and
+        leaves z2 unchanged."""
+        out = []
+        centered = {c["leaf"] for c in self.centered}
+        for z1 in self.tg.nodes:
+            if z1.op != "add" or not all(isinstance(r, Ref) for r in z1.args[:2]):
+                continue
+            src = self._add_bias_operand(z1)
+            if src is None or len(self.vals[z1.name]) == 0:
+                continue
+            lf = self.leaves(self.vals[z1.name][-1])
+            if len(lf) != 1 or lf[0][0] in centered:
+                continue
+            cur, dst = z1.name, None
+            for _ in range(len(self.tg.nodes)):  # follow the residual additions
+                readers = self._readers(cur)
+                adds = [r for r, _v in readers
+                        if r is not None and self.producer[r].op == "add"]
+                norms = [r for r, v in readers if r is not None and self.producer[r].op ==
+                         "layer_norm" and self.producer[r].args[0].name == v and
+                         len(self.producer[r].kwargs.get("normalized_shape", ())) == 1]
+                if len(adds) != 1 or len(adds) + len(norms) != len(readers) or \
+                        self.shapes[adds[0]] != self.shapes[cur]:
+                    break
+                dst = self._add_bias_operand(self.producer[adds[0]], exclude=cur)
+                if dst is not None:
+                    break
+                cur = adds[0]
+            if dst is None or dst == src:
+                continue
+            out.append({"src": src, "dst": dst, "size": self.segs[lf[0][0]].size,
+                        "reason": f"{src} along 1 feeds only LayerNorms before {dst} "
+                                  "removes it"})
+        return out
+
+    def _add_bias_operand(self, node: OpNode, exclude: str | None = None) -> str | None:
+        """The bias (1-D parameter over the last axis) of the operand of an add that is
+        a linear output read by nothing else."""
+        for r in node.args[:2]:
+            if not isinstance(r, Ref) or r.name == exclude:
+                continue
+            b = self.bias_of.get(r.name)
+            if b is None or b not in self.param_of or len(self.shp(Ref(b))) != 1:
+                continue
+            origin = self._origin(r.name, self.bias_of)
+            if self.producer[origin].op != "linear" or any(
+                    x != node.name for x, _v in self._readers(origin)):
+                continue
+            if self._tied(self.param_of[b]):
+                continue
+            return self.param_of[b]
+        return None
 
 
 def _leaf_axes_impl(piece_axes, leaf):

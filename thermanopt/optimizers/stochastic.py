@@ -260,20 +260,24 @@ class StochasticProblem:
         return self._cost(point, batch)
 
     def cost_and_euclidean_gradient(self, point: Array, batch: Array) -> tuple[Any, Array]:
+        """(f_B(x), nabla f_B(x)) of the minibatch ``batch`` (indices into the samples)."""
         if self._egrad is not None:
             return self.cost(point, batch), self._egrad(point, batch)
         return _autograd_value_and_grad(self._cost, point, batch)
 
     def cost_and_riemannian_gradient(self, point: Array, batch: Array) -> tuple[Any, Array]:
+        """(f_B(x), grad f_B(x)): the minibatch cost and its Riemannian gradient."""
         value, g = self.cost_and_euclidean_gradient(point, batch)
         return value, self.manifold.euclidean_to_riemannian_gradient(point, g)
 
     def euclidean_gradient(self, point: Array, batch: Array | None = None) -> Array:
+        """Euclidean gradient of the minibatch cost (all samples when ``batch`` is None)."""
         if batch is None:
             batch = self.all_indices(point)
         return self.cost_and_euclidean_gradient(point, batch)[1]
 
     def riemannian_gradient(self, point: Array, batch: Array | None = None) -> Array:
+        """Riemannian gradient of the minibatch cost (all samples when ``batch`` is None)."""
         if batch is None:
             batch = self.all_indices(point)
         return self.cost_and_riemannian_gradient(point, batch)[1]
@@ -295,6 +299,7 @@ class _PymanoptAdapter:
         return self.problem.cost(point)
 
     def cost_and_riemannian_gradient(self, point: Array, batch: Any) -> tuple[Any, Array]:
+        """Full-batch cost and Riemannian gradient of the wrapped Pymanopt problem."""
         return self.problem.cost(point), self.problem.riemannian_gradient(point)
 
 
