@@ -104,6 +104,11 @@ def charges(tensors: dict, report: SymmetryReport, sym: Symmetry) -> tuple[np.nd
 
 @dataclass
 class BreakingHistory:
+    """Per-step record of :func:`track_breaking`: charges (conserved quantities / order
+    parameters) per
+    symmetry label, their absolute scale, g^T A g of the step's gradients, losses, the learning rate
+    and the invariance errors of discrete symmetries.
+    """
     labels: list[str]
     symmetries: list[Symmetry]
     charge: dict[str, list] = field(default_factory=dict)

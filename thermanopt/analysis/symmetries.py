@@ -79,6 +79,7 @@ class Symmetry:
     verified: bool | None = None  # False: the group-element check failed (error > 1e-6)
 
     def to_dict(self) -> dict:
+        """JSON-able dict of the record (parameters as name/index pairs)."""
         d = {k: getattr(self, k) for k in ("kind", "continuous", "group", "dim", "order",
                                            "log_order", "level", "verified_error",
                                            "approximate", "size", "copies", "note",
@@ -97,6 +98,10 @@ def _fmt_index(index: tuple) -> str:
 
 @dataclass
 class SymmetryReport:
+    """Result of :func:`find_symmetries`: the symmetries, their total continuous dimension (function
+    and loss level), the Jacobian nullity when verified, ``complete`` when the two agree, the
+    symmetry graph and the tracer used.
+    """
     symmetries: list[Symmetry]
     continuous_dim: int
     loss_level_dim: int
@@ -118,9 +123,11 @@ class SymmetryReport:
         return [s for s in self.symmetries if not s.continuous]
 
     def by_kind(self, kind: str) -> list[Symmetry]:
+        """The symmetries of one ``kind`` (e.g. ``"rescale"``)."""
         return [s for s in self.symmetries if s.kind == kind]
 
     def to_json(self, path: str | None = None) -> str:
+        """The report as JSON text; also written to ``path`` when given."""
         data = {
             "tracer": self.tracer,
             "n_parameters": self.n_parameters,
@@ -143,6 +150,7 @@ class SymmetryReport:
         return text
 
     def table(self) -> str:
+        """Printable table: kind, group, continuity, dimension, level, error, parameters."""
         head = f"{'kind':<15}{'group':<22}{'cont':<6}{'dim':>7}  {'level':<9}{'verified':>10}  " \
                "parameters"
         lines = [head, "-" * len(head)]

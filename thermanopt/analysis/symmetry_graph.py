@@ -126,6 +126,9 @@ class SymmetryAnalysis:
 
     # ---------------------------------------------------------------- union-find basics
     def new_seg(self, size: int, fixed: bool = False) -> int:
+        """New index segment (a union-find node) of ``size``; ``fixed`` segments allow no
+        transformation.
+        """
         s = Seg(len(self.segs), int(size), len(self.segs), fixed=fixed)
         if fixed:
             s.feat = PERM
@@ -133,9 +136,11 @@ class SymmetryAnalysis:
         return s.id
 
     def new_axis(self, size: int, fixed: bool = False) -> list:
+        """Segments of a new axis of ``size`` (none for a singleton axis)."""
         return [] if size == 1 else [self.new_seg(size, fixed)]
 
     def find(self, i: int) -> tuple[int, int]:
+        """Union-find root of segment ``i`` and its offset in the root (path-compressing)."""
         par = 0
         root = i
         path = []
@@ -152,6 +157,7 @@ class SymmetryAnalysis:
         return root, par
 
     def leaves(self, ids: list) -> list[tuple[int, int]]:
+        """The finest segments (root, offset) an axis given by segment ids resolves to."""
         out = []
         for i in ids:
             r, p = self.find(i)
@@ -163,6 +169,7 @@ class SymmetryAnalysis:
         return out
 
     def split(self, root: int, first: int) -> None:
+        """Split segment ``root`` into ``first`` x (size / first) sub-segments (heads)."""
         s = self.segs[root]
         a, b = first, s.size // first
         c0, c1 = self.new_seg(a, s.fixed), self.new_seg(b, s.fixed)
@@ -241,6 +248,7 @@ class SymmetryAnalysis:
         raise ValueError(f"internal: could not align axes at {why}")
 
     def restrict_seg(self, i: int, feat: frozenset, why: str) -> None:
+        """Intersect the allowed actions of segment ``i`` with ``feat``; record ``why``."""
         r, _ = self.find(i)
         s = self.segs[r]
         if not feat >= s.feat:
@@ -251,10 +259,12 @@ class SymmetryAnalysis:
                 self.restrict_seg(c, feat, why)
 
     def restrict(self, axis: list, feat: frozenset, why: str) -> None:
+        """Intersect the allowed actions of every segment of ``axis`` with ``feat``."""
         for i in axis:
             self.restrict_seg(i, feat, why)
 
     def fix_seg(self, i: int, why: str) -> None:
+        """Mark segment ``i`` fixed (no symmetry acts on it); record ``why``."""
         r, _ = self.find(i)
         s = self.segs[r]
         if not s.fixed:
@@ -266,6 +276,7 @@ class SymmetryAnalysis:
                 self.fix_seg(c, why)
 
     def fix(self, axis: list, why: str) -> None:
+        """Mark every segment of ``axis`` fixed."""
         for i in axis:
             self.fix_seg(i, why)
 
@@ -279,11 +290,13 @@ class SymmetryAnalysis:
 
     # ---------------------------------------------------------------- graph walk
     def ax(self, r) -> list:
+        """Axes (segment lists) of the traced value ``r``; an error for non-tensor operands."""
         if not isinstance(r, Ref):
             raise UnsupportedOpError("non-tensor operand", None, repr(r))
         return self.vals[r.name]
 
     def shp(self, r) -> tuple:
+        """Shape of the traced value ``r``."""
         return self.shapes[r.name]
 
     def _set(self, node: OpNode, axes: list) -> None:
@@ -1232,6 +1245,8 @@ SymmetryAnalysis._leaf_axes = staticmethod(_leaf_axes_impl)
 
 
 def analyse_graph(graph: TracedGraph, param_shapes: dict[str, tuple]) -> SymmetryAnalysis:
+    """Build the coupled groups of a traced graph: one :class:`SymmetryAnalysis` pass over its ops.
+    """
     return SymmetryAnalysis(graph, param_shapes)
 
 

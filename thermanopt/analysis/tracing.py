@@ -79,12 +79,16 @@ class OpNode:
 
 @dataclass
 class TracedGraph:
+    """Traced model in one format for every front end: op nodes in execution order, inputs, outputs,
+    parameter names and the tracer that produced it.
+    """
     method: str
     nodes: list[OpNode]
     outputs: list[str]
     notes: list[str] = field(default_factory=list)
 
     def node(self, name: str) -> OpNode:
+        """The op node called ``name``."""
         return self._index[name]
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ VERIFY_TOL = 1e-6  # relative output change above which a (non-approximate) clai
 
 
 def parameters64(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached float64 copies of the model's named parameters (the model is not modified)."""
     return {n: p.detach().to(torch.float64).clone() for n, p in model.named_parameters()}
 
 
