@@ -104,9 +104,10 @@ def charges(tensors: dict, report: SymmetryReport, sym: Symmetry) -> tuple[np.nd
 
 @dataclass
 class BreakingHistory:
-    """Per-step record of :func:`track_breaking`: charges (conserved quantities / order
-    parameters) per
-    symmetry label, their absolute scale, g^T A g of the step's gradients, losses, the learning rate
+    """Per-step record of :func:`track_breaking`.
+
+    Charges (conserved quantities / order parameters) per symmetry label, their
+    absolute scale, g^T A g of the step's gradients, losses, the learning rate
     and the invariance errors of discrete symmetries.
     """
     labels: list[str]
