@@ -139,3 +139,29 @@ def test_charge_matches_entropic_loss_bookkeeping():
     assert abs(q1 - float(ref.predicted)) < 1e-12 * max(1.0, abs(q1))
     assert abs(q1 - q0) > 1e-4  # the step really moved the charge
     assert len(names) == 4
+
+
+def test_layernorm_centering_charge_is_exactly_conserved_and_trades_untracked():
+    """Regression: the centring charge is the sum over the normalised axis (not the raw
+    weights), recorded from copies of the parameters (not live views)."""
+    from torch import nn
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3)).double()
+    rep = find_symmetries(model, X[:4], output="raw", verify=False, tracer="fx")
+    kinds = {s.action["type"] for s in rep.symmetries}
+    assert "center" in kinds
+
+    def step(m):
+        m.zero_grad()
+        loss = ((m(X) - Y) ** 2).mean()
+        loss.backward()
+        with torch.no_grad():
+            for p in m.parameters():
+                p -= 0.05 * p.grad
+        return loss.item()
+
+    res = classify_breaking(track_breaking(model, rep, step, 20, lr=0.05))
+    centre = [v for v in res.values() if v["kind"] == "translation" and "drift" in v]
+    assert centre and all(v["drift"] < 1e-10 for v in centre)
+    assert all(v["verdict"] == "untracked" for v in res.values() if v["kind"] == "trade")

@@ -33,6 +33,11 @@ from .verify import _leaf_positions, verify_symmetry
 
 __all__ = ["BreakingHistory", "track_breaking", "classify_breaking", "charges"]
 
+# affine actions whose generator depends on the parameters (bias trades, the free
+# direction after a LayerNorm): gradient flow conserves no simple charge for them, so
+# classify_breaking reports them as "untracked" instead of guessing a verdict
+UNTRACKED_ACTIONS = ("trade", "ln_null")
+
 
 def _unit_blocks(tensors: dict, report: SymmetryReport, sym: Symmetry):
     """Yield (parity, matrix (units, rest)) for each parameter axis of ``sym``."""
@@ -79,10 +84,22 @@ def charges(tensors: dict, report: SymmetryReport, sym: Symmetry) -> tuple[np.nd
             parts.append(tensors[sym.action["bias"]].sum().reshape(1))
         v = torch.cat(parts)
         return v.cpu().numpy(), v.abs().cpu().numpy()
-    if t in ("ln_null", "center"):
-        names = [sym.action["weight"]] if t == "ln_null" else sorted(
-            {report.context["pieces"][k].name for k, _d, _p in sym.action["producers"]})
-        v = torch.cat([tensors[n].reshape(-1) for n in names])
+    if t == "center":
+        # generators: shifts constant along the centred axis of each producer, so the
+        # Noether charge <generator, theta> is the sum over that axis (exact under GD/SGD)
+        parts = []
+        for k, d, pos in sym.action["producers"]:
+            pc = report.context["pieces"][k]
+            x = tensors[pc.name]
+            x = x[pc.index] if pc.index else x
+            shape, _where, offs = _leaf_positions(report.context, k)
+            parts.append(x.reshape(shape).sum(dim=offs[d] + pos).reshape(-1))
+        v = torch.cat(parts)
+        return v.cpu().numpy(), v.abs().cpu().numpy()
+    if t == "ln_null":
+        # the generator depends on theta (LayerNorm gain and shift): no conserved charge;
+        # the raw weight is recorded as an order parameter (see UNTRACKED_ACTIONS)
+        v = tensors[sym.action["weight"]].reshape(-1)
         return v.cpu().numpy(), v.abs().cpu().numpy()
     if t == "trade":
         v = tensors[sym.action["dst"]].reshape(-1)
@@ -147,7 +164,7 @@ def track_breaking(model: nn.Module, report: SymmetryReport, step_fn: Callable[[
                 src = p.grad if grad else p
                 if src is None:
                     return None
-                ts[n] = src.detach().to(torch.float64)
+                ts[n] = src.detach().to(torch.float64).clone()  # a copy, not a live view
         out = {}
         for lab, s in zip(labels, syms):
             out[lab] = charges(ts, report, s)
@@ -184,7 +201,9 @@ def classify_breaking(history: BreakingHistory, *, tol: float = 0.05,
     gradient flow predicts 0), ``step_prediction_error`` (``|Delta C - lr^2 g^T A g|`` summed,
     relative to the drift; round-off for plain GD/SGD), ``balance_start/end`` (window means of
     ``g^T A g / g^T|A| g`` over the first / last 10 % of the steps), and ``verdict``:
-    ``broken`` (drift > tol), ``conserved``, or for discrete ones ``unbroken`` (the
+    ``broken`` (drift > tol), ``conserved``, ``untracked`` (bias trades and the LayerNorm
+    free direction: their generator depends on theta, so no charge is conserved), or for
+    discrete ones ``unbroken`` (the
     symmetry stays exact; the fixed-set order parameter is reported).
     """
     out: dict[str, dict] = {}
@@ -199,6 +218,11 @@ def classify_breaking(history: BreakingHistory, *, tol: float = 0.05,
                         "invariance_error_start": errs[0], "invariance_error_end": errs[-1]})
             exact = errs[-1] is not None and errs[-1] < 1e-6
             rec["verdict"] = "unbroken" if exact else "broken"
+            out[lab] = rec
+            continue
+        if s.action["type"] in UNTRACKED_ACTIONS:
+            rec["verdict"] = "untracked"
+            rec["reason"] = "theta-dependent generator: no conserved quantity to track"
             out[lab] = rec
             continue
         scale = float(np.linalg.norm(a[0])) or 1.0
