@@ -94,6 +94,13 @@ def _check_depth(depth: int) -> int:
     return N
 
 
+def check_width_depth(width: int, depth: int) -> tuple[int, int]:
+    """(d, N) as ints; ``ValueError`` unless both are integers >= 1."""
+    if int(width) != width or int(width) < 1:
+        raise ValueError(f"width must be an integer >= 1, got {width!r}")
+    return int(width), _check_depth(depth)
+
+
 def _to_hat(f: SVD, P: Array) -> Array:
     """P^ = U^T P V."""
     return matrix_transpose(f.U) @ P @ f.V

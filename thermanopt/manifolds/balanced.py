@@ -90,7 +90,7 @@ from .._backend import (
 )
 from .._backend import matrix_transpose as _mT
 from ._metric import balanced_from as _balanced_from
-from ._metric import end_to_end
+from ._metric import check_width_depth, end_to_end
 from ._svd import SVD, log_K, svd
 
 Array = Any
@@ -483,10 +483,7 @@ class BalancedManifold(Manifold):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        if int(width) != width or int(width) < 1:
-            raise ValueError(f"width must be an integer >= 1, got {width!r}")
-        if int(depth) != depth or int(depth) < 1:
-            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        width, depth = check_width_depth(width, depth)
         self.width = int(width)
         self.depth = int(depth)
         self.spec = ArraySpec(backend, device, dtype)

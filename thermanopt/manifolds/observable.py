@@ -89,10 +89,7 @@ class ObservableQuotient(Manifold):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        if int(width) != width or width < 1:
-            raise ValueError(f"width must be an integer >= 1, got {width!r}")
-        if int(depth) != depth or depth < 1:
-            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        width, depth = _metric.check_width_depth(width, depth)
         self.width = int(width)
         self.depth = int(depth)
         self.spec = ArraySpec(backend, device, dtype)
