@@ -446,3 +446,26 @@ def test_step_size_bias_shrinks():
         err.append(s1.std() / np.sqrt(chains) / m1)
     assert bias[0] > 4 * err[0]  # the coarse step is measurably biased
     assert bias[1] < bias[0] - 2 * np.hypot(err[0], err[1])  # and halving the step helps
+
+
+def test_chains_reaching_rank_deficiency_are_rescued_not_fatal():
+    """Regression: a chain whose step lands at (or across) rank deficiency, or whose
+    product overflows, is re-projected like a failed Newton step (before: "Langevin step
+    75 failed: linalg.svd ... non-finite values" at width 2, depth 3, 2000 chains, seed 0)."""
+    import thermanopt.function
+
+    M = BalancedManifold(2, 3, backend="torch")
+
+    @thermanopt.function.torch(M)
+    def cost(W):  # broadcasts over the chain axis
+        X = W[..., 0, :, :]
+        for p in range(1, W.shape[-3]):
+            X = W[..., p, :, :] @ X
+        return 0.5 * (X * X).sum()
+
+    pr = pymanopt.Problem(M, cost)
+    W0 = M.balanced_from(torch.eye(2, dtype=torch.float64))
+    sampler = RiemannianLangevin(1.0, 0.01)
+    Ws = sampler.sample(pr, W0, 80, n_chains=2000, thin=80, generator=0, batched_cost=True)
+    assert bool(torch.isfinite(Ws).all())
+    assert sampler.log["reprojections"] > 0

@@ -473,6 +473,14 @@ class RiemannianLangevin:
         Wn, res, its = st.retraction_second_order(Vp, rtol, self.max_newton_iterations)
         self.log["newton_iterations"] = max(self.log["newton_iterations"], its)
         bad = ~(res <= rep_tol)  # NaN counts as bad
+        # a step that lands at (or across) rank deficiency has no frames for the next
+        # step (lam = s^(1/N) -> 0): rescue it like a failed Newton step
+        finite = xp.all(xp.isfinite(Wn), axis=(-3, -2, -1))
+        Xn = end_to_end(xp.where(finite[..., None, None, None], Wn, W))
+        finite = finite & xp.all(xp.isfinite(Xn), axis=(-2, -1))  # no overflow either
+        s_new = svd(xp.where(finite[..., None, None], Xn, end_to_end(W))).s
+        floor = tolerance(Wn, power=0.4) * s_new[..., :1]
+        bad = bad | ~finite | ~xp.all(s_new > floor, axis=-1)
         n_bad = int(to_float(xp.sum(xp.astype(bad, xp.int64))))
         if n_bad:
             fixed = _rescue(st, W + st.from_frame(Vp), depth)
