@@ -39,6 +39,8 @@ __all__ = [
     "check_hessian",
     "check_retraction",
     "fit_slope",
+    "random_point",
+    "random_tangent_vector",
 ]
 
 Array = Any
@@ -164,24 +166,32 @@ def _start(problem, point, direction, generator):
     manifold = problem.manifold
     generator = _generator(manifold, generator)
     if point is None:
-        point = _random_point(manifold, generator)
+        point = random_point(manifold, generator)
     if direction is None:
         direction = _random_tangent(manifold, point, generator)
     return manifold, point, direction
 
 
-def _random_point(manifold, generator):
+def random_point(manifold, generator=None):
+    """``manifold.random_point(generator=...)``, or without it for manifolds (such as
+    Pymanopt's own) whose ``random_point`` takes no generator."""
     try:
         return manifold.random_point(generator=generator)
     except TypeError:
         return manifold.random_point()
 
 
-def _random_tangent(manifold, point, generator):
+def random_tangent_vector(manifold, point, generator=None):
+    """``manifold.random_tangent_vector(point, generator=...)``, with the same fallback."""
     try:
-        d = manifold.random_tangent_vector(point, generator=generator)
+        return manifold.random_tangent_vector(point, generator=generator)
     except TypeError:
-        d = manifold.random_tangent_vector(point)
+        return manifold.random_tangent_vector(point)
+
+
+
+def _random_tangent(manifold, point, generator):
+    d = random_tangent_vector(manifold, point, generator)
     return d / manifold.norm(point, d)
 
 
@@ -316,7 +326,7 @@ def check_retraction(
     """
     generator = _generator(manifold, generator)
     if point is None:
-        point = _random_point(manifold, generator)
+        point = random_point(manifold, generator)
     if direction is None:
         direction = _random_tangent(manifold, point, generator)
     retract = retraction or manifold.retraction

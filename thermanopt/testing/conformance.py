@@ -35,7 +35,13 @@ import numpy as np
 import pymanopt
 
 from .._backend import eps, is_torch, make_generator, namespace, spec_of, to_float
-from ..diagnostics import check_gradient, check_hessian, check_retraction
+from ..diagnostics import (
+    check_gradient,
+    check_hessian,
+    check_retraction,
+    random_point,
+    random_tangent_vector,
+)
 
 __all__ = ["check_manifold", "smooth_cost", "distance_cost"]
 
@@ -114,20 +120,6 @@ def distance_cost(manifold, target: Array) -> pymanopt.Problem:
     return pymanopt.Problem(manifold, cost, euclidean_gradient=egrad, euclidean_hessian=ehess)
 
 
-def _rand_point(manifold, gen):
-    try:
-        return manifold.random_point(generator=gen)
-    except TypeError:
-        return manifold.random_point()
-
-
-def _rand_tangent(manifold, x, gen):
-    try:
-        return manifold.random_tangent_vector(x, generator=gen)
-    except TypeError:
-        return manifold.random_tangent_vector(x)
-
-
 def _on_manifold(manifold, x) -> tuple[bool, str]:
     if hasattr(manifold, "check_point"):
         try:
@@ -193,7 +185,7 @@ def check_manifold(
     gen_seed = generator
 
     gen = make_generator(gen_seed, getattr(manifold, "spec", None))
-    x = _rand_point(manifold, gen)
+    x = random_point(manifold, gen)
     spec = spec_of(x)
     e = eps(x)
     tol = rtol if rtol is not None else max(1e-8, 100.0 * e**0.75)
@@ -210,7 +202,7 @@ def check_manifold(
         ok, why = _on_manifold(manifold, x)
         if not ok:
             fail("random_point", f"not on the manifold ({why})")
-        y = _rand_point(manifold, gen)
+        y = random_point(manifold, gen)
         results["random_point_difference"] = _fro(x - y)
         if _fro(x - y) == 0.0:
             fail("random_point", "two draws are identical")
@@ -244,8 +236,8 @@ def check_manifold(
                     fail("dim", f"brute-force tangent dimension {tdim} != dim {manifold.dim}")
 
     # 3. inner product
-    u1 = _rand_tangent(manifold, x, gen)
-    u2 = _rand_tangent(manifold, x, gen)
+    u1 = random_tangent_vector(manifold, x, gen)
+    u2 = random_tangent_vector(manifold, x, gen)
     if "inner" not in skip:
         sym = abs(ip(u1, u2) - ip(u2, u1)) / max(abs(ip(u1, u1)), 1e-300)
         results["inner_symmetry"] = sym
@@ -258,7 +250,7 @@ def check_manifold(
             fail("norm", f"norm != sqrt(inner) (rel {nerr:.3g})")
         k = min(manifold.dim, 12)
         if k > 0:
-            vs = [_rand_tangent(manifold, x, gen) for _ in range(k)]
+            vs = [random_tangent_vector(manifold, x, gen) for _ in range(k)]
             G = np.array([[ip(a, b) for b in vs] for a in vs])
             lam = np.linalg.eigvalsh(0.5 * (G + G.T))
             results["inner_gram_min_eig"] = float(lam[0] / lam[-1])
