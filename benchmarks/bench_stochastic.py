@@ -27,8 +27,7 @@ import time
 import torch
 from _report import add_common_arguments, emit  # noqa: E402
 
-from thermanopt.manifolds import BalancedManifold, ObservableQuotient
-from thermanopt.manifolds._metric import balanced_from, end_to_end
+from thermanopt.manifolds import BalancedManifold, ObservableQuotient, balanced_from, end_to_end
 from thermanopt.optimizers.stochastic import RiemannianAdam, RiemannianSGD, StochasticProblem
 
 

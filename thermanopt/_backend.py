@@ -292,3 +292,48 @@ def random_normal(shape: tuple[int, ...], spec: ArraySpec, generator: Any = None
             shape, generator=gen, dtype=spec.resolved_dtype, device=spec.resolved_device
         )
     return gen.standard_normal(shape).astype(spec.resolved_dtype, copy=False)
+
+
+# ---------------------------------------------------------------- autodiff and indices
+
+
+def value_and_grad(fn: Any, point: Array, *args: Any) -> tuple[Any, Array]:
+    """(fn(point, *args), its gradient in point): torch autograd or HIPS autograd.
+
+    torch: the value comes back detached as a 0-d tensor; ``ValueError`` unless ``fn``
+    returns one scalar tensor. A cost that ignores ``point`` has gradient zero.
+    """
+    if is_torch(point):
+        x = point.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = fn(x, *args)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise ValueError("the cost must return a scalar torch tensor")
+            (g,) = torch.autograd.grad(value.reshape(()), x, allow_unused=True)
+        return value.detach().reshape(()), (torch.zeros_like(point) if g is None else g)
+    import autograd
+
+    return autograd.value_and_grad(lambda p: fn(p, *args))(point)
+
+
+def no_grad(x: Array):
+    """``torch.no_grad()`` for tensors, a null context for NumPy arrays."""
+    import contextlib
+
+    return torch.no_grad() if is_torch(x) else contextlib.nullcontext()
+
+
+def arange_like(n: int, like: Array) -> Array:
+    """Integer indices 0..n-1 in the index type and on the device of ``like``."""
+    if is_torch(like):
+        return torch.arange(n, device=like.device)
+    return np.arange(n)
+
+
+def random_indices(n: int, size: int | None, like: Array, generator: Any) -> Array:
+    """``size`` i.i.d. uniform indices in [0, n), or a random permutation when size is None."""
+    if is_torch(like):
+        if size is None:
+            return torch.randperm(n, generator=generator, device=like.device)
+        return torch.randint(0, n, (size,), generator=generator, device=like.device)
+    return generator.permutation(n) if size is None else generator.integers(0, n, size=size)

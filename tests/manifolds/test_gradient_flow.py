@@ -57,7 +57,7 @@ def _start(M, rng):
     X0 = M.random_point(generator=rng)
     d, N = M.width, M.depth
     frames = np.array([np.linalg.qr(rng.standard_normal((d, d)))[0] for _ in range(N - 1)])
-    W0 = M.lift(X0, frames.reshape(N - 1, d, d))
+    W0 = M.to_balanced(X0, frames.reshape(N - 1, d, d))
     assert imbalance(W0) < 1e-13
     return X0, W0
 
@@ -89,7 +89,7 @@ def test_factor_flow_pushes_forward_to_g_N_flow(width, depth):
     for k in range(len(times)):
         W = sw.y[:, k].reshape(shape_w)
         X = sx.y[:, k].reshape(shape_x)
-        phi = M.project(W)
+        phi = M.from_balanced(W)
         gap = max(gap, np.abs(phi - X).max())
         drift = max(drift, imbalance(W))
         control = max(control, np.abs(se.y[:, k].reshape(shape_x) - X).max())
@@ -106,7 +106,7 @@ def _descent_gap(M, egrad, X0, W0, h, T):
     for _ in range(int(round(T / h))):
         W = W - h * factor_gradient(W, egrad)
         X = M.retraction(X, -h * M.euclidean_to_riemannian_gradient(X, egrad(X)))
-    return np.abs(M.project(W) - X).max()
+    return np.abs(M.from_balanced(W) - X).max()
 
 
 @pytest.mark.parametrize("width, depth, seed", [(3, 3, 10), (2, 4, 12), (3, 2, 9)])

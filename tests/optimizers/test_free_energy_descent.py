@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import autograd
 import autograd.numpy as anp
 import numpy as np
@@ -14,20 +12,15 @@ from pymanopt.optimizers import SteepestDescent, TrustRegions
 from scipy.optimize import root
 
 from thermanopt.entropy import (
+    EntropyModel,
     dln_entropy,
     dln_entropy_gradient,
     entropy_gradient_from_singular_values,
     free_energy,
 )
-from thermanopt.manifolds import BalancedManifold, ObservableQuotient
+from thermanopt.manifolds import BalancedManifold, ObservableQuotient, end_to_end_adjoint
 from thermanopt.optimizers import FreeEnergyDescent, as_schedule, constant, geometric
-from thermanopt.optimizers._common import (
-    FiniteMonitor,
-    check_finite_at,
-    default_rtol,
-    tolerance,
-)
-from thermanopt.optimizers.free_energy_descent import entropy_model, phi_adjoint
+from thermanopt.optimizers._common import FiniteMonitor, check_finite_at
 
 
 def _e2e(W):
@@ -78,9 +71,6 @@ def test_schedules():
 
 
 def test_tolerances_and_checks():
-    assert default_rtol(np.float64) < 1e-9 < 1e-5 < default_rtol(np.float32) < 1e-3
-    assert default_rtol(torch.zeros(1, dtype=torch.float32)) == default_rtol(np.float32)
-    assert tolerance(np.float64, power=0.5) == pytest.approx(math.sqrt(np.finfo(float).eps))
     with pytest.raises(ValueError, match="cost at iteration 4"):
         check_finite_at(float("nan"), "cost", 4)
     mon = FiniteMonitor()
@@ -92,19 +82,19 @@ def test_tolerances_and_checks():
         mon.raise_if_bad("gradient")
 
 
-def test_phi_adjoint_is_chain_rule():
+def test_end_to_end_adjoint_is_chain_rule():
     rng = np.random.default_rng(0)
     W = rng.standard_normal((3, 3, 3))
     G = rng.standard_normal((3, 3))
     ref = autograd.grad(lambda W: anp.sum(_e2e(W) * G))(W)
-    np.testing.assert_allclose(phi_adjoint(W, G), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(end_to_end_adjoint(W, G), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_balanced_entropy_gradient_matches_autodiff():
     """Euclidean gradient in W of S(phi(W)) against finite differences of S."""
     M = BalancedManifold(3, 3)
     W = M.random_point(3)
-    model = entropy_model(M)
+    model = EntropyModel(M)
     g = model.euclidean_gradient(W)
     D = np.random.default_rng(1).standard_normal(W.shape)
     t = 1e-6
@@ -169,7 +159,7 @@ def test_spectral_minimiser_matches_exact_reduction():
     # first-order condition grad E = T grad S (relative, Riemannian gradients)
     X = res.point
     gE = M.euclidean_to_riemannian_gradient(X, X - np.diag(y))
-    gS = M.entropy_gradient(X)
+    gS = EntropyModel(M).riemannian_gradient(X)
     rel = np.linalg.norm(gE - T * gS) / np.linalg.norm(gE)
     assert rel < 1e-6
     # the records are consistent
@@ -196,7 +186,8 @@ def test_regression_first_order_condition_and_entropy_increases_with_T():
 
             def rel_residual(X, T=T):
                 gE = M.euclidean_to_riemannian_gradient(X, (X @ A - B) @ A.T)
-                return np.linalg.norm(gE - T * M.entropy_gradient(X)) / np.linalg.norm(gE)
+                gS = EntropyModel(M).riemannian_gradient(X)
+                return np.linalg.norm(gE - T * gS) / np.linalg.norm(gE)
 
             # Armijo descent alone stalls near its cost resolution (measured ~1e-6 relative);
             assert rel_residual(X) < 1e-5
@@ -245,7 +236,6 @@ def test_balanced_manifold_agrees_with_quotient():
     )
     s = np.linalg.svd(_e2e(res.point), compute_uv=False)
     np.testing.assert_allclose(s, _solve_reduction(y, T, N), rtol=1e-6)
-    assert res.log["reprojections"] == 0
     assert Mb.is_on_manifold(res.point)
 
 
@@ -280,7 +270,7 @@ def test_bad_input():
     def c(x):
         return anp.sum(x)
 
-    with pytest.raises(ValueError, match="no entropy"):
+    with pytest.raises(TypeError, match="entropy needs"):
         FreeEnergyDescent(0.5, max_iterations=3).run(pymanopt.Problem(sphere, c))
     # T = 0 works there
     FreeEnergyDescent(0.0, max_iterations=3).run(pymanopt.Problem(sphere, c))

@@ -210,7 +210,7 @@ def make_task(
 
 
 def _phi(W: torch.Tensor) -> torch.Tensor:
-    from ..manifolds._metric import end_to_end
+    from ..manifolds import end_to_end
 
     return end_to_end(W)
 
@@ -278,7 +278,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _run_factors(task, W0, cfg, steps, rec, sampler, gen, device, bar):
-    from ..manifolds._metric import end_to_end
+    from ..manifolds import end_to_end
 
     W = W0.clone().requires_grad_(True)
     lr = cfg["lr"]
@@ -328,7 +328,7 @@ def _run_factors(task, W0, cfg, steps, rec, sampler, gen, device, bar):
 
 def _run_quotient(task, X0, cfg, steps, rec, depth, device, dtype, gen_seed, bar):
     from ..manifolds.observable import ObservableQuotient
-    from ..optimizers.stochastic import RiemannianAdam, RiemannianSGD, StochasticProblem
+    from ..optimizers import RiemannianAdam, RiemannianSGD, StochasticProblem
 
     manifold = ObservableQuotient(task.width, depth, backend="torch", device=device, dtype=dtype)
     state = {"t0": None, "wall": 0.0, "rec": 0.0}
@@ -357,7 +357,7 @@ def _run_quotient(task, X0, cfg, steps, rec, depth, device, dtype, gen_seed, bar
         def cost(X):
             return task.loss(X, full)
 
-        from ..entropy import dln_entropy
+        from ..entropy import EntropyModel, dln_entropy
 
         def entropy_or_minus_inf(X):
             # the line search may try a nearly singular X: there S = -inf, F = +inf (reject)
@@ -369,7 +369,7 @@ def _run_quotient(task, X0, cfg, steps, rec, depth, device, dtype, gen_seed, bar
         problem = pymanopt.Problem(manifold, cost)
         opt = FreeEnergyDescent(
             cfg.get("temperature", 1e-3),
-            entropy=(entropy_or_minus_inf, manifold.entropy_gradient),
+            entropy=(entropy_or_minus_inf, EntropyModel(manifold).riemannian_gradient),
             max_iterations=steps + 1,
             min_gradient_norm=0.0,
             min_step_size=0.0,
@@ -396,7 +396,6 @@ def _run_quotient(task, X0, cfg, steps, rec, depth, device, dtype, gen_seed, bar
         max_iterations=steps,
         generator=gen_seed,
         temperature=cfg.get("temperature", 0.0),
-        retraction=cfg.get("retraction"),
     )
     if cfg["optimizer"] == "adam":
         opt = RiemannianAdam(cfg["lr"], adaptivity=cfg.get("adaptivity", "elementwise"), **kwargs)
@@ -487,7 +486,7 @@ def compare_training(
             a :class:`Task`, or a ``(dataset, loss_fn)`` pair (see :func:`make_task`).
         methods: names from :data:`DEFAULT_METHODS` (default: all), or a dict
             ``name -> overrides`` (``lr``, ``batch_size``, ``momentum``,
-            ``temperature``, ``retraction``, ``base`` for a renamed copy).
+            ``temperature``, ``base`` for a renamed copy).
         steps: optimisation steps per method (> 0).
         out: folder for ``compare_<task>.json`` and ``compare_<task>.png`` (created).
         device: ``"cpu"`` (default) or ``"cuda"``.
@@ -510,9 +509,9 @@ def compare_training(
     """
     from tqdm.auto import tqdm
 
-    from ..manifolds._metric import balanced_from
+    from ..manifolds import balanced_from
     from ..manifolds.observable import ObservableQuotient
-    from ..optimizers.stochastic import StochasticProblem
+    from ..optimizers import StochasticProblem
 
     if int(steps) != steps or int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")

@@ -34,6 +34,7 @@ from .entropic_loss import (
     predicted_next,
 )
 from .free_energy import free_energy
+from .model import EntropyModel
 
 __all__ = [
     "RankDeficientError",
@@ -47,6 +48,7 @@ __all__ = [
     "log_orthogonal_group_volume",
     "orthogonal_group_volume",
     "free_energy",
+    "EntropyModel",
     "ChargeStep",
     "EntropicLoss",
     "adam_preconditioner",

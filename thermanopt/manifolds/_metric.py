@@ -41,12 +41,6 @@ x'' = -Gamma_x(x', x'). The Riemannian Hessian of f is
 
 with G the Euclidean gradient and H[Z] the Euclidean Hessian-vector product.
 
-Balanced points
----------------
-:func:`end_to_end` is phi(W) = W[N-1] ... W[0] and :func:`balanced_from`
-builds the balanced point W_p = Q_p diag(s^(1/N)) Q_{p-1}^T over X
-(Q_0 = V, Q_N = U, free frames Q_1..Q_{N-1} in O(d)).
-
 All functions are batched over leading axes and keep device and dtype; they
 accept either X or its precomputed :class:`~thermanopt.manifolds._svd.SVD`.
 """
@@ -57,6 +51,7 @@ from typing import Any
 
 from .._backend import matrix_transpose, namespace
 from ._svd import SVD, log_K, svd
+from .dln import check_depth as _check_depth
 
 Array = Any
 
@@ -71,8 +66,6 @@ __all__ = [
     "christoffel",
     "riemannian_hessian",
     "metric_inner",
-    "end_to_end",
-    "balanced_from",
 ]
 
 
@@ -85,20 +78,6 @@ def as_svd(X_or_svd: Any) -> SVD:
     if isinstance(X_or_svd, tuple) and len(X_or_svd) == 3:
         return SVD(*X_or_svd)
     return svd(X_or_svd)
-
-
-def _check_depth(depth: int) -> int:
-    N = int(depth)
-    if N < 1 or N != depth:
-        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
-    return N
-
-
-def check_width_depth(width: int, depth: int) -> tuple[int, int]:
-    """(d, N) as ints; ``ValueError`` unless both are integers >= 1."""
-    if int(width) != width or int(width) < 1:
-        raise ValueError(f"width must be an integer >= 1, got {width!r}")
-    return int(width), _check_depth(depth)
 
 
 def _to_hat(f: SVD, P: Array) -> Array:
@@ -293,49 +272,3 @@ def riemannian_hessian(
     grad_h = sp.K * Gh
     out = sp.K * Hh + _DA_hat(sp, Zh, Gh) + _christoffel_hat(sp, Zh, grad_h, Zh / sp.K, Gh)
     return _from_hat(f, out)
-
-
-# --------------------------------------------------------------------------
-# Balanced points over X
-
-
-def end_to_end(W: Array) -> Array:
-    """phi(W) = W[N-1] @ ... @ W[0] for a stack W of shape (..., N, d, d)."""
-    if len(W.shape) < 3:
-        raise ValueError(f"a stack of layers has shape (..., depth, d, d), got {tuple(W.shape)}")
-    X = W[..., 0, :, :]
-    for p in range(1, W.shape[-3]):
-        X = W[..., p, :, :] @ X
-    return X
-
-
-def balanced_from(
-    X_or_svd: Array | SVD, frames: Array | None = None, depth: int | None = None
-) -> Array:
-    """A balanced stack W over X: W[p-1] = Q_p diag(s^(1/N)) Q_{p-1}^T, p = 1..N.
-
-    Q_0 = V and Q_N = U come from X = U diag(s) V^T; ``frames`` holds Q_1..Q_{N-1}
-    (shape (..., N-1, d, d), orthogonal; default identity). ``depth`` is required
-    when ``frames`` is None, else it must agree with ``frames``. Returns shape
-    (..., N, d, d), with end_to_end(W) = X and W[p+1]^T W[p+1] = W[p] W[p]^T.
-    """
-    f = as_svd(X_or_svd)
-    xp = namespace(f.U)
-    if frames is None:
-        if depth is None:
-            raise ValueError("balanced_from needs depth when frames is None")
-        N = _check_depth(depth)
-        d = f.s.shape[-1]
-        eye = xp.eye(d, dtype=f.U.dtype, device=getattr(f.U, "device", None))
-        Q = [f.V] + [eye] * (N - 1) + [f.U]
-    else:
-        namespace(f.U, frames)
-        if len(frames.shape) < 3 or frames.shape[-1] != frames.shape[-2]:
-            raise ValueError(f"frames must have shape (..., depth-1, d, d), got {frames.shape}")
-        N = frames.shape[-3] + 1
-        if depth is not None and _check_depth(depth) != N:
-            raise ValueError(f"frames hold {N - 1} frames but depth={depth} needs {depth - 1}")
-        Q = [f.V] + [frames[..., p, :, :] for p in range(N - 1)] + [f.U]
-    lam = xp.exp(xp.log(f.s) / N)
-    layers = [(Q[p] * lam[..., None, :]) @ matrix_transpose(Q[p - 1]) for p in range(1, N + 1)]
-    return xp.stack(layers, axis=-3)

@@ -27,22 +27,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pymanopt.manifolds.manifold import Manifold
-
-from .._backend import (
-    ArraySpec,
-    check_compatible,
-    eps,
-    expm,
-    is_torch,
-    matrix_transpose,
-    namespace,
-    random_normal,
-    spec_of,
-    to_float,
-)
+from .._backend import expm, is_torch, matrix_transpose, namespace, to_float
 from . import _metric
+from ._frames import BalancedFrames
 from ._svd import svd
+from .balanced import BalancedManifold
+from .base import DLNManifold
+from .dln import balanced_from, end_to_end, end_to_end_adjoint
 
 Array = Any
 
@@ -53,31 +44,28 @@ def _copy(x: Array) -> Array:
     return x.clone() if is_torch(x) else x.copy()
 
 
-class ObservableQuotient(Manifold):
+class ObservableQuotient(DLNManifold):
     """(GL(d), g_N): the balanced deep linear network modulo O(d)^(N-1).
 
-    Points are invertible d x d matrices X (the end-to-end map, a NumPy array
-    or torch tensor); tangent vectors are arbitrary d x d matrices. ``dim`` is
-    d^2. GL(d) has two connected components (sign of det X); the retractions
-    never leave the component of their base point.
+    Points are invertible d x d matrices X (the end-to-end map, a NumPy array or torch
+    tensor); tangent vectors are arbitrary d x d matrices. ``dim`` is d^2. GL(d) has two
+    connected components (sign of det X); the retractions never leave the component of
+    their base point.
 
     Parameters
     ----------
     width, depth:
         d and N (N >= 1; N = 1 is GL(d) with the Euclidean metric).
     backend, device, dtype:
-        Where :meth:`random_point` and friends allocate; all other methods work
-        on whatever arrays they are given, keeping their device and dtype.
+        Where :meth:`random_point` and friends allocate; all other methods work on
+        whatever arrays they are given, keeping their device and dtype.
 
     Notes
     -----
-    ``retraction`` is the second-order retraction
-    X expm(X^{-1}(Z - (1/2)(Z X^{-1} Z + Gamma_X(Z, Z)))) (the default, so that
-    Hessian checks away from critical points and Langevin sampling are
-    accurate); ``retraction_first_order`` is X expm(X^{-1} Z). ``transport`` is
-    the identity (projection-based transport: every tangent space is
-    R^{d x d}, so the projection is the identity). ``dist``, ``exp`` and
-    ``log`` have no closed form and raise ``NotImplementedError``.
+    ``retraction`` is the second-order retraction X' = phi(W + lift_W(Z)) through the
+    balanced lift W of X (:meth:`retraction_second_order`); ``retraction_first_order`` is
+    X expm(X^{-1} Z). ``transport`` is the identity (every tangent space is R^{d x d}).
+    ``dist``, ``exp`` and ``log`` have no closed form and raise ``NotImplementedError``.
     """
 
     def __init__(
@@ -89,59 +77,35 @@ class ObservableQuotient(Manifold):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        width, depth = _metric.check_width_depth(width, depth)
-        self.width = int(width)
-        self.depth = int(depth)
-        self.spec = ArraySpec(backend, device, dtype)
+        super().__init__(
+            width,
+            depth,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            name=f"DLN observable quotient GL({width}) with metric g_{depth}",
+            dimension=_square(width),
+        )
         self._cache: tuple | None = None
-        name = f"DLN observable quotient GL({self.width}) with metric g_{self.depth}"
-        super().__init__(name, int(self.width**2))
 
-    # ------------------------------------------------------------------
-    # Points
+    @property
+    def point_shape(self) -> tuple[int, int]:
+        return (self.width, self.width)
 
-    def check_point(self, point: Array) -> None:
-        """Raise ``ValueError`` unless ``point`` is a finite, invertible d x d matrix.
-
-        Invertible means smallest singular value > d * eps(dtype) * largest.
-        """
-        d = self.width
-        shape = tuple(point.shape) if hasattr(point, "shape") else None
-        if shape != (d, d):
-            raise ValueError(f"point must have shape ({d}, {d}), got {shape}")
-        xp = namespace(point)
-        if not xp.isdtype(point.dtype, "real floating"):
-            raise ValueError(f"point must have a real floating dtype, got {point.dtype}")
-        if not bool(xp.all(xp.isfinite(point))):
-            raise ValueError("point contains NaN or infinite entries")
-        s = svd(point).s
-        smax = to_float(s[0])
-        smin = to_float(s[-1])
-        tol = d * eps(point) * smax
-        if not smax > 0 or not smin > tol:
-            raise ValueError(
-                f"point is singular (rank-deficient): smallest singular value {smin:.3g}, "
-                f"largest {smax:.3g}; the observable quotient is GL({d})"
-            )
-
-    def is_on_manifold(self, point: Array, atol: float | None = None) -> bool:
-        """True if :meth:`check_point` accepts ``point`` (``atol`` is unused: GL(d) is open)."""
-        try:
-            self.check_point(point)
-        except ValueError:
-            return False
-        return True
+    @property
+    def typical_dist(self) -> float:
+        """sqrt(dim) = d (TrustRegions' default radius scale)."""
+        return float(self.width)
 
     def random_point(self, generator: Any = None, component: int = 1) -> Array:
         """A random X = U diag(s) V^T with Haar U, V and log s ~ N(0, 0.3^2).
 
         ``component`` is +1 (det X > 0, the component of the identity) or -1.
         """
-        if component not in (1, -1):
+        if isinstance(component, bool) or component not in (1, -1):
             raise ValueError(f"component must be +1 or -1 (sign of det X), got {component!r}")
         d = self.width
-        gen = self.spec.generator(generator)
-        G = random_normal((3, d, d), self.spec, gen)
+        G = self.spec.randn((3, d, d), self.spec.generator(generator))
         xp = namespace(G)
         U, _ = xp.linalg.qr(G[0])
         V, _ = xp.linalg.qr(G[1])
@@ -151,30 +115,15 @@ class ObservableQuotient(Manifold):
             X = xp.concat([-X[:1, :], X[1:, :]], axis=0)
         return X
 
-    def random_tangent_vector(self, point: Array, generator: Any = None) -> Array:
-        """A Gaussian direction scaled to unit g_N norm."""
-        spec = spec_of(point)
-        Z = random_normal(tuple(point.shape), spec, spec.generator(generator))
-        return Z / self.norm(point, Z)
-
-    def zero_vector(self, point: Array) -> Array:
-        xp = namespace(point)
-        return xp.zeros_like(point)
-
-    @property
-    def typical_dist(self) -> float:
-        """sqrt(dim) = d (TrustRegions' default radius scale)."""
-        return float(self.width)
-
     # ------------------------------------------------------------------
     # Spectral data of the last point (one SVD per point, not per call)
 
     def _spectral(self, point: Array) -> _metric.Spectral:
         """SVD, K and divided differences of ``point``, cached for the last point.
 
-        Pymanopt evaluates many inner products and Hessian-vector products at the
-        same point; the cache is keyed on the object and its contents (torch:
-        version counter, NumPy: a stored copy), so in-place changes are seen.
+        Pymanopt evaluates many inner products and Hessian-vector products at the same
+        point; the cache is keyed on the object and its contents (torch: version counter,
+        NumPy: a stored copy), so in-place changes are seen.
         """
         cache = self._cache
         if cache is not None and cache[0] is point:
@@ -183,6 +132,7 @@ class ObservableQuotient(Manifold):
                     return cache[2]
             elif point.shape == cache[1].shape and bool((point == cache[1]).all()):
                 return cache[2]
+        self._check_shape(point, "point", batched=True)
         sp = _metric.Spectral(point, self.depth)
         key = (point._version, point.data_ptr()) if is_torch(point) else point.copy()
         self._cache = (point, key, sp)
@@ -191,18 +141,11 @@ class ObservableQuotient(Manifold):
     # ------------------------------------------------------------------
     # Metric
 
-    def inner_product(
-        self, point: Array, tangent_vector_a: Array, tangent_vector_b: Array
-    ) -> float:
+    def inner_product_array(self, point: Array, tangent_vector_a: Array, tangent_vector_b: Array):
         """g_N(X)(Z1, Z2) = sum_ij (U^T Z1 V)_ij (U^T Z2 V)_ij / K_ij (one SVD)."""
-        return to_float(
-            _metric.metric_inner(
-                self._spectral(point), tangent_vector_a, tangent_vector_b, self.depth
-            )
+        return _metric.metric_inner(
+            self._spectral(point), tangent_vector_a, tangent_vector_b, self.depth
         )
-
-    def norm(self, point: Array, tangent_vector: Array) -> float:
-        return math.sqrt(max(self.inner_product(point, tangent_vector, tangent_vector), 0.0))
 
     def metric(self, point: Array, tangent_vector: Array) -> Array:
         """Lower an index: A_{N,X}^{-1}(Z), so g_N(X)(Y, Z) = <Y, metric(X, Z)>. Batched."""
@@ -220,13 +163,12 @@ class ObservableQuotient(Manifold):
 
     def projection(self, point: Array, vector: Array) -> Array:
         """Identity (a copy): the tangent space at X is all of R^{d x d}."""
-        check_compatible(point, vector, names=("point", "vector"))
+        self._check_pair(point, vector, "vector")
         return _copy(vector)
-
-    to_tangent_space = projection
 
     def euclidean_to_riemannian_gradient(self, point: Array, euclidean_gradient: Array) -> Array:
         """grad E(X) = A_{N,X}(nabla E(X)) = U (K o (U^T G V)) V^T."""
+        self._check_pair(point, euclidean_gradient, "euclidean_gradient")
         return _metric.apply_A(self._spectral(point), euclidean_gradient, self.depth)
 
     def euclidean_to_riemannian_hessian(
@@ -246,29 +188,47 @@ class ObservableQuotient(Manifold):
 
     def retraction_first_order(self, point: Array, tangent_vector: Array) -> Array:
         """X expm(X^{-1} Z): first order for g_N; stays in the component of X."""
+        self._check_pair(point, tangent_vector)
         xp = namespace(point, tangent_vector)
         return point @ expm(xp.linalg.solve(point, tangent_vector))
 
     def retraction_second_order(self, point: Array, tangent_vector: Array) -> Array:
-        """X expm(X^{-1}(Z - (1/2)(Z X^{-1} Z + Gamma_X(Z, Z)))): second order for g_N.
+        """X' = phi(W + lift_W(Z)), W the balanced lift of X: second order for g_N.
 
-        Its expansion is X + Z - (1/2) Gamma_X(Z, Z) + O(|Z|^3), matching the
-        geodesic x'' = -Gamma(x', x'); det keeps its sign (two components).
+        phi is a Riemannian submersion, so the horizontal geodesic through W with velocity
+        lift(Z) projects to the g_N geodesic through X (O'Neill), and the straight line
+        W + t lift(Z) differs from that geodesic by a normal vector, which dphi_W kills:
+        phi(W + t lift Z) = Exp_X(t Z) + O(t^3). In the SVD basis (frames Q = V, I, .., U)
+        X' = U prod_{p=N..1} (L + C o M_p) V^T with C = (U^T Z V) / K. A step that would
+        change the sign of det X reflects the smallest singular direction instead, so X'
+        never leaves the component of X. A polynomial: defined for every Z.
         """
-        xp = namespace(point, tangent_vector)
-        Z = tangent_vector
-        XiZ = xp.linalg.solve(point, Z)
-        gamma = _metric.christoffel(self._spectral(point), Z, Z, self.depth)
-        Y = XiZ - 0.5 * (XiZ @ XiZ + xp.linalg.solve(point, gamma))
-        return point @ expm(Y)
-
-    def retraction(self, point: Array, tangent_vector: Array) -> Array:
-        """The second-order retraction (see :meth:`retraction_second_order`)."""
-        return self.retraction_second_order(point, tangent_vector)
+        self._check_pair(point, tangent_vector)
+        sp = self._spectral(point)
+        xp = namespace(point)
+        f = sp.f
+        eye = xp.zeros_like(f.U) + xp.eye(self.width, dtype=point.dtype)
+        inner = [eye] * (self.depth - 1)
+        fr = BalancedFrames.from_frames(xp.stack([f.V, *inner, f.U], axis=-3), f.s)
+        Vp = fr.lift(matrix_transpose(f.U) @ tangent_vector @ f.V)
+        Lam = fr.lam[..., None, :] * eye
+        P = Lam + Vp[..., 0, :, :]
+        for p in range(1, self.depth):
+            P = (Lam + Vp[..., p, :, :]) @ P
+        finite = xp.all(xp.isfinite(P), axis=(-2, -1))  # overflow: NaN, the caller rescues
+        P = xp.where(finite[..., None, None], P, Lam)
+        sign, _ = xp.linalg.slogdet(P)
+        if to_float(xp.min(sign)) < 0:  # crossed det = 0: reflect the smallest direction
+            g = svd(P)
+            u, v = g.U[..., :, -1:], g.V[..., :, -1:]
+            refl = P - 2.0 * g.s[..., -1:, None] * (u @ matrix_transpose(v))
+            P = xp.where((sign < 0)[..., None, None], refl, P)
+        out = f.U @ P @ matrix_transpose(f.V)
+        return xp.where(finite[..., None, None], out, xp.full_like(out, math.nan))
 
     def transport(self, point_a: Array, point_b: Array, tangent_vector_a: Array) -> Array:
         """Projection-based transport: the identity (tangent spaces are all R^{d x d})."""
-        check_compatible(point_a, point_b, tangent_vector_a)
+        self._check_pair(point_b, tangent_vector_a)
         return _copy(tangent_vector_a)
 
     def dist(self, point_a: Array, point_b: Array) -> float:
@@ -286,34 +246,60 @@ class ObservableQuotient(Manifold):
         raise NotImplementedError("ObservableQuotient.log: no closed form for g_N")
 
     # ------------------------------------------------------------------
-    # Deep linear network maps
+    # The bundle: X is its own observable
 
-    def lift(self, point: Array, frames: Array | None = None) -> Array:
-        """A balanced stack W (shape (depth, d, d)) with end_to_end(W) = X.
+    def end_to_end(self, point: Array) -> Array:
+        """X itself."""
+        return point
 
-        W[p-1] = Q_p diag(s^(1/N)) Q_{p-1}^T with Q_0 = V, Q_N = U and the free
-        frames Q_1..Q_{N-1} (shape (depth-1, d, d), default identity).
+    def end_to_end_differential(self, point: Array, tangent_vector: Array) -> Array:
+        """Z itself."""
+        return tangent_vector
+
+    def end_to_end_adjoint(self, point: Array, covector: Array) -> Array:
+        """G itself."""
+        return covector
+
+    def end_to_end_adjoint_derivative(self, point: Array, vector: Array, covector: Array):
+        """Zero: the adjoint does not depend on X."""
+        return 0.0 * covector
+
+    def to_balanced(self, point: Array, frames: Array | None = None) -> Array:
+        """A balanced stack W (shape (..., depth, d, d)) with end_to_end(W) = X.
+
+        W[p-1] = Q_p diag(s^(1/N)) Q_{p-1}^T with Q_0 = V, Q_N = U and the free frames
+        Q_1..Q_{N-1} (shape (..., depth-1, d, d), default the identity).
         """
-        return _metric.balanced_from(point, frames, self.depth)
+        return balanced_from(point, frames, self.depth)
 
-    def project(self, W: Array) -> Array:
+    def from_balanced(self, W: Array) -> Array:
         """phi(W) = W[N-1] @ ... @ W[0]."""
         if tuple(W.shape[-3:]) != (self.depth, self.width, self.width):
             raise ValueError(
                 f"W must have shape (..., {self.depth}, {self.width}, {self.width}), "
                 f"got {tuple(W.shape)}"
             )
-        return _metric.end_to_end(W)
+        return end_to_end(W)
 
-    def entropy(self, point: Array) -> Array:
-        """Boltzmann entropy S_N(X) of the fibre over X (:func:`thermanopt.entropy.dln_entropy`)."""
-        from ..entropy import dln_entropy
+    def pull_back(self, W: Array, covector: Array) -> Array:
+        """dphi_W^*(G): the gradient in W of f(phi(W))."""
+        return end_to_end_adjoint(W, covector)
 
-        return dln_entropy(point, self.depth)
+    @property
+    def total_space(self) -> Any:
+        """BalancedManifold(width, depth) with this manifold's array spec."""
+        sp = self.spec
+        return BalancedManifold(
+            self.width, self.depth, backend=sp.backend, device=sp.device, dtype=sp.dtype
+        )
 
-    def entropy_gradient(self, point: Array, riemannian: bool = True) -> Array:
-        """Gradient of S_N at X: g_N gradient A_{N,X}(nabla S) by default, else Euclidean."""
-        from ..entropy import dln_entropy_gradient
+    def reproject(self, point: Array) -> Array:
+        """X itself (a copy): GL(d) is open, there is nothing to drift from."""
+        return _copy(point)
 
-        G = dln_entropy_gradient(point, self.depth)
-        return _metric.apply_A(self._spectral(point), G, self.depth) if riemannian else G
+
+def _square(width: Any) -> int:
+    try:
+        return int(width) ** 2
+    except (TypeError, ValueError, OverflowError):
+        return 0

@@ -14,16 +14,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pymanopt.manifolds.manifold import Manifold
+from pymanopt.manifolds.manifold import RiemannianSubmanifold
 
 from .._backend import ArraySpec, check_finite, namespace, to_float
+from .base import ThermanoptManifold
 
 Array = Any
 
 __all__ = ["Sphere"]
 
 
-class Sphere(Manifold):
+class Sphere(ThermanoptManifold, RiemannianSubmanifold):
     """Unit sphere {x in R^n : |x| = 1} on NumPy arrays or torch tensors.
 
     Args:
@@ -63,9 +64,21 @@ class Sphere(Manifold):
             return False
         return True
 
+    @property
+    def point_shape(self) -> tuple[int]:
+        return (self._n,)
+
+    def inner_product_array(self, point: Array, u: Array, v: Array) -> Array:
+        """<u, v> = sum_i u_i v_i (0-d array per batch entry)."""
+        return namespace(u, v).sum(u * v, axis=-1)
+
     def inner_product(self, point: Array, u: Array, v: Array) -> float:
-        namespace(u, v)  # type/device/dtype check
-        return to_float((u * v).sum())
+        return to_float(self.inner_product_array(point, u, v))
+
+    def reproject(self, point: Array) -> Array:
+        """x / |x|, the nearest point of the sphere."""
+        xp = namespace(point)
+        return point / xp.linalg.vector_norm(point, axis=-1, keepdims=True)
 
     def norm(self, point: Array, u: Array) -> float:
         return math.sqrt(max(self.inner_product(point, u, u), 0.0))
@@ -76,8 +89,8 @@ class Sphere(Manifold):
         return math.acos(min(1.0, max(-1.0, c)))
 
     def projection(self, point: Array, vector: Array) -> Array:
-        namespace(point, vector)
-        return vector - (point * vector).sum() * point
+        xp = namespace(point, vector)
+        return vector - xp.sum(point * vector, axis=-1, keepdims=True) * point
 
     to_tangent_space = projection
 
@@ -98,9 +111,9 @@ class Sphere(Manifold):
         )
 
     def retraction(self, point: Array, tangent_vector: Array) -> Array:
-        xp = namespace(point, tangent_vector)
-        y = point + tangent_vector
-        return y / xp.linalg.vector_norm(y)
+        """(x + v) / |x + v|: the metric projection, a second-order retraction."""
+        namespace(point, tangent_vector)
+        return self.reproject(point + tangent_vector)
 
     def exp(self, point: Array, tangent_vector: Array) -> Array:
         xp = namespace(point, tangent_vector)

@@ -22,7 +22,7 @@ import geoopt
 import torch
 from torch import nn
 
-from ..manifolds._metric import balanced_from, end_to_end
+from ..manifolds import balanced_from, end_to_end
 
 __all__ = ["DeepLinear"]
 

@@ -16,20 +16,23 @@ with S the Boltzmann entropy of the fibre over the end-to-end matrix:
   projected onto T_W M;
 - any other manifold: pass ``entropy=(S, riemannian_grad_S)``.
 
+S and its gradient come from :class:`~thermanopt.entropy.model.EntropyModel`, which calls
+the manifold's own end-to-end map and its adjoint (so subclasses behave like their parent).
+
 The reduced entropy (no additive constant) is used; constants do not move
 iterates. The iteration is Pymanopt's ``SteepestDescent`` with the objective
 F_{T_k}: x_{k+1} = R_{x_k}(-t_k grad F_{T_k}(x_k)), t_k from Armijo
 backtracking (``pymanopt.optimizers.line_search.BackTrackingLineSearcher`` by
 default), with Pymanopt's stopping criteria. The temperature follows a
-schedule T_k (``_common.constant``, ``geometric`` annealing, or a callable of
-the iteration counted from 0); while the schedule still changes, the
+schedule T_k (:func:`~thermanopt.optimizers.schedules.constant`, ``geometric``
+annealing, or a callable of the iteration counted from 0); while the schedule still changes, the
 gradient-norm and step-size criteria are not applied (an annealed run goes
 on until T settles). At T = 0 the entropy is never evaluated in the iteration
 and the iterates are exactly those of ``SteepestDescent``.
 
 Per-iteration records (``result.log["records"]`` and ``optimizer.history``):
 dicts with ``iteration``, ``E``, ``S``, ``F``, ``T``, ``gradient_norm`` (of
-F_T), ``step_size``, ``time`` (seconds since start) and ``reprojected``.
+F_T), ``step_size`` and ``time`` (seconds since start).
 ``callback(iteration, point, record)`` is called after every step with the
 new point; returning True stops the run.
 """
@@ -46,70 +49,27 @@ from pymanopt.optimizers.line_search import BackTrackingLineSearcher
 from pymanopt.optimizers.optimizer import Optimizer, OptimizerResult
 
 from .._backend import to_float
-from ..entropy.dln import RankDeficientError
-from ..manifolds.balanced import phi_adjoint, reproject_balanced
-from ._common import Schedule, as_schedule, check_finite_at
+from ..entropy.model import EntropyModel
+from ._common import check_finite_at
+from .schedules import Schedule, as_schedule
 
 Array = Any
 
-__all__ = ["FreeEnergyDescent", "EntropyModel", "entropy_model", "phi_adjoint"]
+__all__ = ["FreeEnergyDescent"]
 
 
-class EntropyModel:
-    """Entropy S(x) and its Riemannian gradient on a manifold.
+class _GivenEntropy:
+    """An entropy given as (S, riemannian_grad_S) for manifolds without a DLN entropy."""
 
-    ``value(x)`` returns a Python float; ``riemannian_gradient(x)`` a tangent
-    vector of the array type of ``x``; ``euclidean_gradient(x)`` the gradient in
-    the embedding coordinates (X for the quotient, W for the balanced manifold).
-    """
-
-    def __init__(
-        self,
-        value: Callable[[Array], float],
-        riemannian_gradient: Callable[[Array], Array],
-        euclidean_gradient: Callable[[Array], Array] | None = None,
-    ) -> None:
-        self.value = value
+    def __init__(self, value: Callable, riemannian_gradient: Callable) -> None:
+        self._value = value
         self.riemannian_gradient = riemannian_gradient
-        self.euclidean_gradient = euclidean_gradient
 
+    def value(self, x: Array) -> float:
+        return to_float(self._value(x))
 
-def entropy_model(manifold: Any) -> EntropyModel | None:
-    """The :class:`EntropyModel` of a DLN manifold (None if it exposes no entropy).
-
-    Balanced manifold (has ``end_to_end`` and ``depth`` and a stack point):
-    S(W) = S_N(phi(W)), nabla_W S = phi_adjoint(W, nabla S_N(phi(W))), projected.
-    Otherwise a manifold with ``entropy(x)`` and ``entropy_gradient(x, riemannian=...)``
-    (the observable quotient) is used as is.
-    """
-    from ..entropy import dln_entropy, dln_entropy_gradient
-
-    if hasattr(manifold, "end_to_end") and hasattr(manifold, "balanced_from"):
-        depth = manifold.depth
-
-        def value(W: Array) -> float:
-            return float(to_float(dln_entropy(manifold.end_to_end(W), depth)))
-
-        def egrad(W: Array) -> Array:
-            return phi_adjoint(W, dln_entropy_gradient(manifold.end_to_end(W), depth))
-
-        def rgrad(W: Array) -> Array:
-            return manifold.projection(W, egrad(W))
-
-        return EntropyModel(value, rgrad, egrad)
-    if hasattr(manifold, "entropy") and hasattr(manifold, "entropy_gradient"):
-
-        def value_q(X: Array) -> float:
-            return float(to_float(manifold.entropy(X)))
-
-        def rgrad_q(X: Array) -> Array:
-            return manifold.entropy_gradient(X, riemannian=True)
-
-        def egrad_q(X: Array) -> Array:
-            return manifold.entropy_gradient(X, riemannian=False)
-
-        return EntropyModel(value_q, rgrad_q, egrad_q)
-    return None
+    def value_or_minus_inf(self, x: Array) -> float:
+        return self.value(x)
 
 
 class FreeEnergyDescent(Optimizer):
@@ -123,10 +83,6 @@ class FreeEnergyDescent(Optimizer):
             ``BackTrackingLineSearcher()``, as ``SteepestDescent``).
         entropy: optional ``(S, riemannian_grad_S)`` for manifolds that do not
             expose the DLN entropy.
-        reproject_tol: relative tolerance beyond which an iterate that left
-            the manifold is re-projected (balanced manifold only; default: the
-            manifold's own check). Re-projections are counted in
-            ``result.log["reprojections"]``.
         **kwargs: Pymanopt ``Optimizer`` arguments (``max_iterations``,
             ``min_gradient_norm``, ``min_step_size``, ``max_time``,
             ``max_cost_evaluations``, ``verbosity``, ``log_verbosity``).
@@ -139,7 +95,6 @@ class FreeEnergyDescent(Optimizer):
         line_searcher: Any = None,
         *,
         entropy: tuple[Callable, Callable] | None = None,
-        reproject_tol: float | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("verbosity", 0)
@@ -151,36 +106,21 @@ class FreeEnergyDescent(Optimizer):
         self._line_searcher = line_searcher
         self.line_searcher = None
         self._entropy_override = entropy
-        self.reproject_tol = reproject_tol
         self.history: list[dict] = []
 
     def __str__(self) -> str:
         return "FreeEnergyDescent"
 
     # ------------------------------------------------------------------
-    def _entropy(self, manifold: Any) -> EntropyModel | None:
+    def _entropy(self, manifold: Any, needed: bool) -> Any:
         if self._entropy_override is not None:
-            value, rgrad = self._entropy_override
-            return EntropyModel(lambda x: float(to_float(value(x))), rgrad)
-        return entropy_model(manifold)
-
-    @staticmethod
-    def _entropy_value(model: EntropyModel | None, x: Array, required: bool) -> float:
-        if model is None:
-            return math.nan
-        if required:
-            return model.value(x)
-        try:  # only recorded at T = 0: a point where S is undefined does not stop the run
-            return model.value(x)
-        except ValueError:
-            return math.nan
-
-    def _maybe_reproject(self, manifold: Any, x: Array) -> tuple[Array, bool]:
-        if not (hasattr(manifold, "end_to_end") and hasattr(manifold, "balanced_from")):
-            return x, False
-        if manifold.is_on_manifold(x, self.reproject_tol):
-            return x, False
-        return reproject_balanced(x, manifold.depth), True
+            return _GivenEntropy(*self._entropy_override)
+        if not needed:
+            try:
+                return EntropyModel(manifold)
+            except TypeError:
+                return None  # T = 0 throughout: the entropy is only recorded when available
+        return EntropyModel(manifold)
 
     def run(
         self,
@@ -198,8 +138,8 @@ class FreeEnergyDescent(Optimizer):
         manifold = problem.manifold
         energy = problem.cost
         energy_gradient = problem.riemannian_gradient
-        model = self._entropy(manifold)
         schedule = self.schedule
+        model = self._entropy(manifold, needed=not schedule.is_zero)
 
         if not reuse_line_searcher or self.line_searcher is None:
             self.line_searcher = deepcopy(self._line_searcher)
@@ -212,7 +152,6 @@ class FreeEnergyDescent(Optimizer):
         records: list[dict] = []
         self.history = records
         self._log["records"] = records
-        self._log["reprojections"] = 0
 
         iteration = 0
         start_time = time.time()
@@ -222,28 +161,18 @@ class FreeEnergyDescent(Optimizer):
             iteration += 1
             T = schedule(iteration - 1)
             T_next = schedule(iteration)
-            if T > 0 and model is None:
-                raise ValueError(
-                    f"temperature {T} > 0 at iteration {iteration}, but the manifold "
-                    f"{manifold!s} exposes no entropy; pass entropy=(S, grad_S)"
-                )
 
             E = energy(x)
             check_finite_at(E, "cost", iteration)
             grad = energy_gradient(x)
-            S = self._entropy_value(model, x, required=T > 0)
+            S = math.nan if model is None else model.value_or_minus_inf(x)
             if T > 0:
                 check_finite_at(S, "entropy", iteration)
                 grad = grad - T * model.riemannian_gradient(x)
 
                 def objective(y: Array, T: float = T) -> float:
-                    # a trial point where two singular values vanish has S = -inf,
-                    # so F = +inf there: the line search must step back, not stop
-                    try:
-                        S_y = model.value(y)
-                    except RankDeficientError:
-                        return math.inf
-                    return energy(y) - T * S_y
+                    # where two singular values vanish S = -inf, F = +inf: step back
+                    return energy(y) - T * model.value_or_minus_inf(y)
 
                 F = E - T * S
             else:
@@ -263,8 +192,6 @@ class FreeEnergyDescent(Optimizer):
             step_size, x = line_searcher.search(
                 objective, manifold, x, -grad, F, -(gradient_norm**2)
             )
-            x, reprojected = self._maybe_reproject(manifold, x)
-            self._log["reprojections"] += int(reprojected)
             record = {
                 "iteration": iteration,
                 "E": float(E),
@@ -274,7 +201,6 @@ class FreeEnergyDescent(Optimizer):
                 "gradient_norm": float(gradient_norm),
                 "step_size": float(step_size),
                 "time": time.time() - start_time,
-                "reprojected": bool(reprojected),
             }
             records.append(record)
 

@@ -16,14 +16,14 @@ T' >= 0 the Langevin temperature. The noisy step is the Euler-Maruyama scheme
 of dp = -grad loss dt + sqrt(2 T') dB_M on a Riemannian submanifold of
 Euclidean space; it samples exp(-loss/T') dvol_M to O(lr) only with a
 *second-order* retraction R2 (the O(sqrt(lr)) noise makes the retraction's
-curvature error an O(lr) drift), so noise steps use the manifold's
-second-order retraction: the orthographic retraction of the balanced manifold,
-the metric projection projx(p + v) on geoopt's Sphere and Stiefel, p + v on
-Euclidean parameters. For manifolds whose metric is not the embedded
-Euclidean one (the DLN observable quotient, Poincare ball, ...) noise raises
-``ValueError``: use :class:`thermanopt.optimizers.RiemannianLangevin`, which
-adds the metric's drift. The pushforward of the balanced-manifold law to the
-end-to-end matrix is exp(-(E - T' S_N)/T') dvol_{g_N}: Langevin upstairs
+curvature error an O(lr) drift). Every step calls the manifold's ``retr``; noise
+is accepted on manifolds that geoopt marks ``reversible`` (geoopt's own
+convention for samplers: ``Euclidean``, and ``as_geoopt`` views of manifolds with
+the embedded metric and a second-order retraction, such as the balanced
+manifold). Elsewhere (the DLN observable quotient, geoopt's Sphere, the Poincare
+ball, ...) noise raises ``ValueError``: use
+:class:`thermanopt.optimizers.RiemannianLangevin`. The pushforward of the
+balanced-manifold law to the end-to-end matrix is exp(-(E - T' S_N)/T') dvol_{g_N}: Langevin upstairs
 already carries the entropic force at temperature T'.
 """
 
@@ -35,43 +35,27 @@ from typing import Any
 import geoopt
 import torch
 
-from ._common import check_step_size, check_temperature
+from ..entropy.model import EntropyModel
+from ..manifolds.geoopt import GeooptManifold
+from .schedules import check_step_size, check_temperature
 
 __all__ = ["ThermalRiemannianSGD"]
 
-_EMBEDDED_GEOOPT = (
-    "Euclidean",
-    "Sphere",
-    "SphereExact",
-    "EuclideanStiefel",
-    "EuclideanStiefelExact",
-)
 
-
-def _manifold_of(p: torch.Tensor):
+def _manifold_of(p: torch.Tensor) -> geoopt.Manifold:
     if isinstance(p, (geoopt.ManifoldParameter, geoopt.ManifoldTensor)):
         return p.manifold
     return geoopt.Euclidean()
 
 
-def _noise_retraction(manifold, name: str):
-    """(projection to tangent space, second-order retraction) for Langevin steps."""
-    if hasattr(manifold, "retr_second_order"):
-        if not getattr(manifold, "euclidean_metric", False):
-            raise ValueError(
-                f"Langevin noise on {name}: its metric is not the embedded Euclidean one; "
-                "use thermanopt.optimizers.RiemannianLangevin (it adds the metric's drift)"
-            )
-        return manifold.retr_second_order
-    kind = type(manifold).__name__
-    if kind == "Euclidean":
-        return lambda x, v: x + v
-    if kind in _EMBEDDED_GEOOPT:
-        return lambda x, v: manifold.projx(x + v)
-    raise ValueError(
-        f"Langevin noise is not supported on geoopt.{kind} (needs an embedded manifold with "
-        "a second-order retraction)"
-    )
+def _entropy_gradient(manifold: geoopt.Manifold, p: torch.Tensor) -> torch.Tensor:
+    """grad S of the DLN manifold behind an :func:`~thermanopt.manifolds.as_geoopt` view."""
+    if not isinstance(manifold, GeooptManifold):
+        raise TypeError(
+            f"entropy regularisation needs as_geoopt(BalancedManifold/ObservableQuotient); "
+            f"got {manifold!r}"
+        )
+    return EntropyModel(manifold.manifold).riemannian_gradient(p)
 
 
 class ThermalRiemannianSGD(torch.optim.Optimizer):
@@ -163,12 +147,7 @@ class ThermalRiemannianSGD(torch.optim.Optimizer):
                 egrad = p.grad + wd * p if wd else p.grad
                 g = manifold.egrad2rgrad(p, egrad)
                 if T > 0:
-                    if not hasattr(manifold, "entropy_gradient"):
-                        raise ValueError(
-                            f"entropy regularisation needs a manifold with an entropy; "
-                            f"{type(manifold).__name__} has none"
-                        )
-                    g = g - T * manifold.entropy_gradient(p)
+                    g = g - T * _entropy_gradient(manifold, p)
                 state = self.state[p]
                 if mu > 0:
                     m = state.get("momentum_buffer")
@@ -179,14 +158,17 @@ class ThermalRiemannianSGD(torch.optim.Optimizer):
                     direction = g
                 v = -lr * direction
                 if Tn > 0:
-                    retract = _noise_retraction(manifold, type(manifold).__name__)
+                    if not manifold.reversible:
+                        raise ValueError(
+                            f"Langevin noise on {manifold!r}: geoopt marks it not reversible "
+                            "(no second-order retraction with the embedded metric); use "
+                            "thermanopt.optimizers.RiemannianLangevin"
+                        )
                     xi = torch.randn(
                         p.shape, generator=self._generator(p.device), dtype=p.dtype, device=p.device
                     )
                     v = v + math.sqrt(2.0 * lr * Tn) * manifold.proju(p, xi)
-                    new = retract(p, v)
-                else:
-                    new = manifold.retr(p, v)
+                new = manifold.retr(p, v)
                 if mu > 0:
                     state["momentum_buffer"] = manifold.transp(p, new, state["momentum_buffer"])
                 p.copy_(new)

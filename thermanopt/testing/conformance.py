@@ -229,11 +229,6 @@ def check_manifold(
             results["projection_rank"] = rank
             if rank != manifold.dim:
                 fail("dim", f"projection has rank {rank}, manifold.dim = {manifold.dim}")
-            if hasattr(manifold, "tangent_space_dimension"):
-                tdim = int(manifold.tangent_space_dimension(x))
-                results["tangent_space_dimension"] = tdim
-                if tdim != manifold.dim:
-                    fail("dim", f"brute-force tangent dimension {tdim} != dim {manifold.dim}")
 
     # 3. inner product
     u1 = random_tangent_vector(manifold, x, gen)
