@@ -171,3 +171,48 @@ def test_cuda_adapter_balanced():
         opt.step()
     assert W.device.type == "cuda"
     m.check_point(W.detach())
+
+
+@pytest.mark.slow
+def test_geoopt_rsgld_samples_the_free_energy_law_on_the_balanced_manifold():
+    """geoopt's unmodified RSGLD on as_geoopt(BalancedManifold(2, 2)), E = |phi(W)|^2 / 2, T = 1.
+
+    RSGLD steps retr(W, egrad2rgrad(W, (eps/2) grad log p + sqrt(eps) xi)): with the tangent
+    projection and the second-order retraction that ``as_geoopt`` provides (and
+    ``reversible``, which geoopt's samplers require) it is the balanced Langevin chain, so the
+    singular values of phi(W) follow exp(-(E - T S_2)/T) dvol_{g_2} (quadrature as in
+    tests/optimizers/test_langevin.py).
+    """
+    from scipy import stats
+
+    from test_langevin import _gaussian_start, _marginals  # same folder: on sys.path
+    from thermanopt.manifolds import balanced_from, end_to_end
+
+    N, chains, h, steps = 2, 1500, 0.01, 300
+    M = as_geoopt(BalancedManifold(2, N, backend="torch"))
+    assert M.reversible and not as_geoopt(ObservableQuotient(2, N, backend="torch")).reversible
+    W = geoopt.ManifoldParameter(
+        torch.as_tensor(balanced_from(_gaussian_start(chains), None, N)), manifold=M
+    )
+    torch.manual_seed(0)
+    sampler = geoopt.samplers.RSGLD([W], epsilon=2 * h)
+
+    def closure():
+        sampler.zero_grad()
+        return -0.5 * (end_to_end(W) ** 2).sum()
+
+    kept = []
+    for k in range(steps):
+        sampler.step(closure)
+        if k >= steps // 3 and k % 10 == 0:
+            kept.append(torch.linalg.svdvals(end_to_end(W.detach())))
+    sv = torch.stack(kept).numpy()
+    c1, c2, m1, m2 = _marginals(N)
+    per_chain = sv.mean(0)  # time averages: independent across chains
+    assert abs(per_chain[:, 0].mean() / m1 - 1) < 0.02
+    assert abs(per_chain[:, 1].mean() / m2 - 1) < 0.04  # standard error ~1.5 % here
+    assert stats.kstest(sv[-1, :, 0], c1).pvalue > 1e-3
+    assert stats.kstest(sv[-1, :, 1], c2).pvalue > 1e-3
+    d1, d2, _, _ = _marginals(N, entropy_power=0.0)  # without the entropy: rejected
+    assert min(stats.kstest(sv[-1, :, 0], d1).pvalue, stats.kstest(sv[-1, :, 1], d2).pvalue) < 1e-5
+    assert M.step_rule.rescues == 0

@@ -23,8 +23,8 @@ the embedded metric and a second-order retraction, such as the balanced
 manifold). Elsewhere (the DLN observable quotient, geoopt's Sphere, the Poincare
 ball, ...) noise raises ``ValueError``: use
 :class:`thermanopt.optimizers.RiemannianLangevin`. The pushforward of the
-balanced-manifold law to the end-to-end matrix is exp(-(E - T' S_N)/T') dvol_{g_N}: Langevin upstairs
-already carries the entropic force at temperature T'.
+balanced-manifold law to the end-to-end matrix is exp(-(E - T' S_N)/T') dvol_{g_N}:
+Langevin upstairs already carries the entropic force at temperature T'.
 """
 
 from __future__ import annotations
