@@ -322,8 +322,9 @@ def _cmd_demo(args) -> int:
     _check_device(args.device)
     out = _output_dir(args.out)
     with captured_library_output() as captured:
-        run_demo(out=out, device=args.device, quick=args.quick, seed=args.seed)
-    _print_captured(captured, args.verbose)
+        results = run_demo(out=out, device=args.device, quick=args.quick, seed=args.seed)
+    if args.verbose:
+        _print_captured(list(results.get("library_messages", [])) + captured, True)
     return 0
 
 
