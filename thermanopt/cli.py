@@ -234,8 +234,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> st
 
 
 class _Step:
-    """Progress of one step that may take a while: a live timer on a terminal,
-    a start line and a done line otherwise (both on stderr)."""
+    """Progress of one step that may take a while, on stderr: a live timer on a
+    terminal, then a "done in" line (a failed step leaves only the error line)."""
 
     def __init__(self, message: str):
         self.message = message
@@ -257,9 +257,6 @@ class _Step:
         if self.tty:
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()
-        else:
-            sys.stderr.write(f"{self.message} ...\n")
-            sys.stderr.flush()
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -268,9 +265,9 @@ class _Step:
             self._stop.set()
             self._thread.join()
             sys.stderr.write("\r\033[K")
-        status = "done" if exc_type is None else "failed"
-        sys.stderr.write(f"{self.message}: {status} in {elapsed:.1f} s\n")
-        sys.stderr.flush()
+        if exc_type is None:
+            sys.stderr.write(f"{self.message}: done in {elapsed:.1f} s\n")
+            sys.stderr.flush()
         return False
 
 

@@ -256,7 +256,8 @@ def plot_symmetries(report: SymmetryReport, path: str | os.PathLike, *,
         collapse = len(params) > 24
 
     def layer(name: str) -> str:
-        return name.rsplit(".", 1)[0] if "." in name else "(top level)"
+        module = name.rsplit(".", 1)[0] if "." in name else "(top level)"
+        return f"module {module}" if module.isdigit() else module
 
     layers = list(dict.fromkeys(layer(n) for n in params))
     columns = layers if collapse else params
@@ -298,7 +299,10 @@ def plot_symmetries(report: SymmetryReport, path: str | os.PathLike, *,
                 ax.axvline(min(idx) - 0.5, color="0.8", lw=0.8, zorder=0)
         ax.set_xlabel("parameter, grouped by layer (module)", labelpad=40)
     ax.grid(axis="y", color="0.93", zorder=0)
-    handles = [Line2D([], [], ls="", marker="o", color=KIND_COLOURS.get(k, "black"), label=k)
+    continuous = {s.kind: s.continuous for s in syms}
+    handles = [Line2D([], [], ls="", marker="o" if continuous[k] else "D",
+                      color=KIND_COLOURS.get(k, "black"),
+                      mfc=KIND_COLOURS.get(k, "black") if continuous[k] else "white", label=k)
                for k in kinds_seen]
     handles += [Line2D([], [], ls="", marker="o", color="0.3", label="continuous (filled)"),
                 Line2D([], [], ls="", marker="D", mfc="white", color="0.3",
@@ -306,9 +310,9 @@ def plot_symmetries(report: SymmetryReport, path: str | os.PathLike, *,
     ax.legend(handles=handles, title="kind of symmetry", fontsize=8, title_fontsize=8,
               loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     dim = report.continuous_dim
-    ax.set_title(title or "parameter symmetries", fontsize=10)
-    fig.text(0.01, 0.005, f"{len(syms)} symmetries, continuous dimension {dim} (function "
-             f"level) + {report.loss_level_dim} (loss level)", fontsize=8, va="bottom")
+    ax.set_title(f"{title or 'parameter symmetries'}\n{len(syms)} symmetries, continuous "
+                 f"dimension {dim} (function level) + {report.loss_level_dim} (loss level)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

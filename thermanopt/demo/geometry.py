@@ -161,7 +161,8 @@ def stage_geometry(ctx) -> Any:
             ax1.semilogy(h["iteration"], loss, ".-", color=f"C{i}", ms=3, label=name)
             ax2.semilogy(h["time"], loss, ".-", color=f"C{i}", ms=3, label=name)
         a = numbers["Euclidean Adam on the factors"]
-        ax1.plot([a["iteration_of_min"]], [max(a["min_loss"], 1e-300)], "v", color="C2", ms=9,
+        ax1.plot([a["iteration_of_min"]], [max(a["min_loss"], 1e-300)], "v", color="C2", ms=11,
+                 mec="black", zorder=10,
                  label=f"Adam's lowest loss {a['min_loss']:.0e} (step {a['iteration_of_min']})")
         ax1.set_xlabel("iteration (TrustRegions) / step (Adam)")
         ax2.set_xlabel("wall time [s]")

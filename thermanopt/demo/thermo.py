@@ -207,6 +207,8 @@ def stage_sampling(ctx) -> Any:
         f"forward to X = phi(W). The figure compares distribution functions (thick: samples; "
         f"solid: exp(-(E - T S)/T) dvol_g; dotted: the same law without the entropy). The "
         f"samples follow the law with the entropy, not the one without: " + "; ".join(parts)
-        + ". (At depth 2 the two laws are close, so depths 3 and 5 are shown.)"
+        + ". The remaining gaps sit in the lower tail of the smallest singular value, where "
+        "X is nearly singular and the discretised chain (step h) undersamples; at depth 2 the "
+        "laws with and without the entropy are close, so depths 3 and 5 are shown."
     )
     return StageResult(numbers=numbers, figures=[str(path)], text=text)
