@@ -47,8 +47,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default: "(default: 500)", "(default: off)"
+    for a switch, "(default: none)", or "(required)"; a help text that already
+    states its default is left as it is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text or "required" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is None:
+            return f"{text} (default: none)"
+        if action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 # ------------------------------------------------------------------ argument types
@@ -107,13 +123,12 @@ def _methods(text: str) -> list[str]:
 # ------------------------------------------------------------------ parser
 
 
-def _common(p: argparse.ArgumentParser, *, device: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, seeds: str, *, device: bool = True) -> None:
     if device:
         p.add_argument("--device", type=_device, default="cpu",
                        help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--seed", type=_seed, default=0,
-                   help="random seed (data, initial points, minibatches); the same seed "
-                   "reproduces a run")
+                   help=f"random seed of {seeds}; the same seed reproduces a run")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print the library warnings and torch log records captured "
                    "during the run")
@@ -144,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="report folder (created; files in it are overwritten)")
     demo.add_argument("--quick", action="store_true",
                       help="small sizes and short runs (about a minute; for tests)")
-    _common(demo)
+    _common(demo, "every stage's data, initial points and noise")
 
     compare = sub.add_parser(
         "compare", formatter_class=_Formatter,
@@ -160,15 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--steps", type=_positive_int, default=500,
                          help="optimisation steps per method")
     compare.add_argument("--methods", type=_methods, default=None,
-                         help="comma-separated subset of the methods (default: all of "
-                         "euclidean_gd,euclidean_sgd,euclidean_adam,riemannian_gd,"
-                         "riemannian_sgd,riemannian_adam,free_energy)")
+                         help="comma-separated subset of euclidean_gd, euclidean_sgd, "
+                         "euclidean_adam, riemannian_gd, riemannian_sgd, riemannian_adam, "
+                         "free_energy (default: all of them)")
     compare.add_argument("--width", type=_positive_int, default=8,
                          help="width d of the network (X is d x d)")
     compare.add_argument("--depth", type=_positive_int, default=3, help="depth N of the network")
     compare.add_argument("--batch-size", type=_positive_int, default=16,
                          help="minibatch size of the stochastic methods")
-    _common(compare)
+    _common(compare, "the task's data, the common initial point and the minibatches")
 
     sym = sub.add_parser(
         "symmetries", formatter_class=_Formatter,
@@ -179,18 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sym.add_argument("model", help="module:factory returning a torch.nn.Module")
     sym.add_argument("--input-shape", type=_shape, required=True,
-                     help="example input shape, e.g. 1,784 or 2x16 (required)")
+                     help="example input shape, e.g. 1,784 or 2x16")
     sym.add_argument("--vocab-size", type=_positive_int, default=None,
                      help="draw integer token ids in [0, VOCAB_SIZE) instead of float inputs "
                      "(for models that start with an embedding)")
     sym.add_argument("--out", default=None,
-                     help="folder for symmetries.json and symmetries.png (default: print only)")
+                     help="folder for symmetries.json and symmetries.png "
+                     "(default: none, print only)")
     sym.add_argument("--no-verify", action="store_true",
                      help="skip the numerical verification (group elements and Jacobian "
                      "nullity)")
     sym.add_argument("--tracer", choices=TRACERS, default="auto",
                      help="how the model is traced")
-    _common(sym, device=False)
+    _common(sym, "the example input and the verification", device=False)
     return parser
 
 

@@ -123,7 +123,9 @@ def stage_sampling(ctx) -> Any:
         "depths": list(depths),
     }
     path = ctx.out / "langevin_singular_values.png"
-    ctx.set_total(len(depths))
+    chunk = 50  # steps between progress ticks; the chains continue from chunk to chunk
+    n_chunks = -(-n_steps // chunk)
+    ctx.set_total(len(depths) * n_chunks)
 
     def energy_s(s):
         return 0.5 * (s**2).sum(-1)
@@ -146,16 +148,17 @@ def stage_sampling(ctx) -> Any:
             problem = pymanopt.Problem(manifold, cost)
             W0 = manifold.balanced_from(torch.eye(width, dtype=torch.float64, device=ctx.device))
             sampler = RiemannianLangevin(T, h)
-            states = sampler.sample(
-                problem,
-                W0,
-                n_steps,
-                n_chains=n_chains,
-                thin=n_steps,
-                generator=ctx.seed,
-                batched_cost=True,
-            )
-            X = manifold.end_to_end(states[-1])
+            gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+            state, done = W0, 0
+            while done < n_steps:
+                k = min(chunk, n_steps - done)
+                state = sampler.sample(
+                    problem, state, k, n_chains=n_chains, thin=k, generator=gen,
+                    batched_cost=True,
+                )[-1]
+                done += k
+                ctx.tick()
+            X = manifold.end_to_end(state)
             s = np.sort(torch.linalg.svdvals(X).cpu().numpy(), axis=-1)[:, ::-1]
             grid, p1, p2 = singular_value_marginals(N, energy_s, T, 7.0, n=1500)
             _, q1, q2 = singular_value_marginals(N, energy_s, T, 7.0, n=1500, entropy_weight=0.0)
@@ -187,7 +190,6 @@ def stage_sampling(ctx) -> Any:
             ax.set_ylabel("cumulative distribution P(s_i <= x)")
             ax.set_title(f"width {width}, depth {N}, T = {T}")
             ax.legend(fontsize=6.5, loc="upper left")
-            ctx.tick()
     parts = []
     for N in depths:
         m = numbers[f"depth_{N}_largest"]
