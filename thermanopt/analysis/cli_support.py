@@ -66,7 +66,7 @@ def load_model(model_spec: str, *, add_cwd: bool = True):
     """
     if not isinstance(model_spec, str) or model_spec.count(":") != 1:
         raise ValueError(
-            f"MODEL must be 'module:factory' (e.g. mymodels:make_mlp for ./mymodels.py), "
+            f"MODEL must be 'package.module:factory' (e.g. mymodels:make_mlp for ./mymodels.py), "
             f"got {model_spec!r}"
         )
     mod_name, fn_name = (t.strip() for t in model_spec.split(":"))
