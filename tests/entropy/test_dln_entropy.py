@@ -647,3 +647,57 @@ def test_rank_threshold_exact_for_diagonal_and_honest_otherwise():
     # exact zeros on the diagonal: -infinity, said plainly
     with pytest.raises(ValueError, match="two or more singular values are zero"):
         dln_entropy(np.diag([1.0, 0.0, 0.0]), 3)
+
+
+_SPECIAL = st.sampled_from([0.0, 1.0, -1.0, 1e-300, 1e300, 1e-150, 1e150, np.nan, np.inf, -np.inf])
+
+
+@st.composite
+def _malformed(draw):
+    """A possibly malformed call: shape, dtype, backend, special values, depth, validate."""
+    ndim = draw(st.integers(0, 4))
+    shape = tuple(draw(st.lists(st.integers(0, 4), min_size=ndim, max_size=ndim)))
+    if draw(st.booleans()) and ndim >= 2:
+        shape = shape[:-1] + (shape[-2],)  # square more often than not
+    dtype = draw(st.sampled_from(["float64", "float32", "float16", "int64", "complex128"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    X = rng.standard_normal(shape)
+    if X.size and draw(st.booleans()):
+        flat = X.reshape(-1)
+        for _ in range(draw(st.integers(1, 3))):
+            flat[draw(st.integers(0, flat.size - 1))] = draw(_SPECIAL)
+        X = flat.reshape(shape)
+    if draw(st.booleans()) and X.ndim >= 2 and X.shape[-1] >= 2:
+        X[..., :, -1] = 0.0  # a zero column: rank deficient
+        if draw(st.booleans()):
+            X[..., :, -2] = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = X.astype(dtype) if dtype != "complex128" else X.astype(complex)
+    if draw(st.booleans()) and dtype != "complex128":
+        X = torch.as_tensor(X)
+    depth = draw(st.one_of(st.integers(-1, 6), st.sampled_from([None, True, 2.5, np.nan, "3"])))
+    return X, depth, draw(st.booleans())
+
+
+def _finite_result(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    return bool(np.all(np.isfinite(np.asarray(value))))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_malformed())
+def test_malformed_input_gives_a_finite_answer_or_a_named_error(call):
+    """Never a LinAlgError, IndexError or torch RuntimeError: a ValueError/TypeError with a
+    message, or a result; with validation on (the default) the result is finite (the
+    entropy is -inf only by raising). validate=False skips the rank and finiteness checks,
+    so only the error types are asserted there."""
+    X, depth, validate = call
+    for fn in (dln_entropy, dln_entropy_gradient):
+        try:
+            out = fn(X, depth, validate=validate)
+        except (ValueError, TypeError) as e:
+            assert str(e)
+            continue
+        if validate:
+            assert _finite_result(out), (fn.__name__, X, depth, out)
