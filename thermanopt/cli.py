@@ -358,11 +358,11 @@ COMPARE_COLUMNS = (
 def _cmd_compare(args) -> int:
     from .analysis import compare_training
     from .analysis.cli_support import captured_library_output
+    from .analysis.compare import MethodFailedError
 
     _check_device(args.device)
     out = _output_dir(args.out)
     t0 = time.perf_counter()
-    from .analysis.compare import MethodFailedError
 
     with captured_library_output() as captured:
         try:

@@ -77,6 +77,7 @@ def test_demo_quick_writes_complete_report(demo):
 def test_summary_and_no_leaked_library_output(demo):
     stdout, stderr = demo["stdout"], demo["stderr"]
     assert "demo finished in" in stdout and "report.md" in stdout
+    assert "## Summary" in demo["report"]
     head = next(line for line in stdout.splitlines() if line.startswith("stage"))
     assert "time" in head and "result" in head
     for key in FIGURES:

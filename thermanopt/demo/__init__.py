@@ -293,11 +293,13 @@ def run_demo(
                 lines += [f"![{stage.key}]({Path(fig).name})", ""]
     results["library_messages"] = list(captured)
     results["total_time_s"] = time.perf_counter() - t_start
+    summary = summary_table(results)
+    lines += ["## Summary", "", "```", summary, "```", ""]
     (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (folder / "report.md").write_text("\n".join(lines))
     n_fig = sum(len(r.get("figures", [])) for r in results["stages"].values())
     print()
-    print(summary_table(results))
+    print(summary)
     print(
         f"\ndemo finished in {results['total_time_s']:.1f} s: {folder / 'report.md'}, "
         f"{folder / 'results.json'} and {n_fig} figures"
