@@ -1,7 +1,7 @@
 """Entropic forces of SGD: noise balance (E5) and sharpening vs flattening (E9).
 
-Two experiments of the design note ``shared/design/entropic-forces.md`` (section 5),
-after Ziyin, Xu & Chuang, arXiv 2505.12387:
+Two experiments on the entropic forces of SGD (the "Entropic forces" theory page of the
+documentation), after Ziyin, Xu & Chuang, arXiv 2505.12387:
 
 E5  Two-layer linear net ``x -> W2 W1 x`` (4-3-2), anisotropic input covariance, label
     noise 0.5, online SGD (lr 0.05, B = 1). Gradient flow would conserve the layer balance

@@ -6,9 +6,12 @@ only on its singular values s (reduced form, without the constant orbit volume):
     S_N(X) = (1/2) sum_{i<j} log K_ij(s),   K_ij = (s_i^2 - s_j^2) / (s_i^{2/N} - s_j^{2/N})
 
 (the metric multiplier of g_N on the off-diagonal pair (i, j), = sum_k a_i^{N-1-k} a_j^k with
-a_i = s_i^{2/N}; at s_i = s_j its limit is N s_i^{2(N-1)/N}). It is largest where singular
-values are equal and grows with depth like
-``(d(d-1)/4) log N``: ``S_N - (d(d-1)/4) log N`` converges as N -> infinity.
+a_i = s_i^{2/N}; at s_i = s_j its limit is N s_i^{2(N-1)/N}). At a fixed Frobenius norm
+|X|_F it is largest where the singular values are equal (a statement about fixed norm: at
+depth 2 and width 2, S_2 = (1/2) log(s1 + s2) is constant along s1 + s2 = const, and at a
+fixed determinant S_N is smallest at equal singular values). It grows with the scale of X
+and with depth like ``(d(d-1)/4) log N``: ``S_N - (d(d-1)/4) log N`` converges as
+N -> infinity.
 
 This script draws S_N over (s1, s2) of 2x2 matrices for several depths (heat maps), the
 entropy along the diagonal s1 = s2 = s, and ``S_N(X) - (d(d-1)/4) log N`` against N.
@@ -55,7 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     for ax, N in zip(axes, depths):
         S = np.asarray(entropy_from_singular_values(grid, N))
         im = ax.pcolormesh(s, s, S.T, shading="auto", cmap="viridis")
-        ax.plot(s, s, "w--", lw=0.8, label="s1 = s2 (maximal S)")
+        ax.plot(s, s, "w--", lw=0.8, label="s1 = s2: max of S on each circle")
+        t = np.linspace(0.0, np.pi / 2, 100)
+        for r in (1.0, 2.0, 3.0):
+            ax.plot(r * np.cos(t), r * np.sin(t), "w:", lw=0.9)
         ax.plot([2.0], [0.5], "r*", ms=10, label="diag(2, 0.5)")
         ax.set_xlabel("singular value s1")
         ax.set_ylabel("singular value s2")

@@ -220,3 +220,16 @@ def test_gallery_lists_only_existing_figures(tmp_path):
     assert "`python examples/entropy_landscape.py`" in table
     assert "Entropy S_N over singular values." in table
     assert "_helper" not in table
+
+
+def test_every_docs_figure_has_a_caption_of_what_it_shows():
+    """Each figure in docs/figures carries a sidecar caption (used by the gallery)."""
+    figures = Path(__file__).resolve().parent.parent / "docs" / "figures"
+    pngs = sorted(figures.glob("*.png"))
+    assert pngs
+    for png in pngs:
+        caption = png.with_suffix(".txt")
+        assert caption.is_file(), png.name
+        assert len(caption.read_text().split()) >= 15, png.name
+    landscape = (figures / "entropy_landscape.txt").read_text()
+    assert "fixed" in landscape and "constant along s1 + s2" in landscape

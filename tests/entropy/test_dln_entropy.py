@@ -579,3 +579,125 @@ def test_large_batches_are_chunked_consistently():
     X = rng.standard_normal((700, 6, 6))
     H = dln_entropy_hvp(X, Z, 3)
     np.testing.assert_allclose(H[650], dln_entropy_hvp(X[650], Z[650], 3), rtol=1e-13, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------------------
+# bad input: every failure names the argument (issue "What a user meets")
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "depth, error",
+    [(None, TypeError), ("3", TypeError), (True, TypeError), (float("nan"), ValueError),
+     (float("inf"), ValueError), (2.5, ValueError), (0, ValueError)],
+)
+def test_bad_depth_names_depth(depth, error):
+    with pytest.raises(error, match="depth must be an integer >= 1"):
+        dln_entropy(np.eye(3), depth)
+    with pytest.raises(error, match="depth"):
+        entropy_from_singular_values(np.array([2.0, 1.0]), depth)
+
+
+def test_integral_depth_types_accepted():
+    ref = dln_entropy(np.diag([2.0, 1.0, 0.5]), 3)
+    for depth in (3.0, np.int64(3), np.float64(3.0), torch.tensor(3)):
+        assert dln_entropy(np.diag([2.0, 1.0, 0.5]), depth) == ref
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.eye(3, dtype=np.float16),
+    lambda: torch.eye(3, dtype=torch.float16),
+    lambda: torch.eye(3, dtype=torch.bfloat16),
+])
+def test_half_precision_is_a_value_error_naming_x(make):
+    with pytest.raises(ValueError, match="X has dtype .*float32 or float64"):
+        dln_entropy(make(), 3)
+    with pytest.raises(ValueError, match="X has dtype"):
+        dln_entropy_gradient(make(), 3)
+
+
+@pytest.mark.parametrize("torch_input", [False, True])
+def test_nan_without_validation_is_a_value_error(torch_input):
+    X = np.eye(3)
+    X[0, 1] = np.nan
+    if torch_input:
+        X = torch.as_tensor(X)
+    for fn in (dln_entropy, dln_entropy_gradient):
+        with pytest.raises(ValueError, match="X: .*NaN or inf"):
+            fn(X, 3, validate=False)
+
+
+def test_rank_threshold_exact_for_diagonal_and_honest_otherwise():
+    # diagonal X: the singular values are exact, the entropy finite however spread they are
+    s = np.array([1e150, 1.0, 1e-150])
+    expected = entropy_from_singular_values(s, 3)
+    assert math.isfinite(expected)
+    assert dln_entropy(np.diag(s), 3) == expected
+    assert float(dln_entropy(torch.diag(torch.as_tensor(s)), 3)) == expected
+    # a truly rank-one matrix is never called finite: its computed singular values are
+    # round-off, below the SVD's resolution, and the error says S cannot be resolved
+    u = np.random.default_rng(0).standard_normal(3)
+    with pytest.raises(ValueError, match="numerically rank-deficient.*cannot be told from zero"):
+        dln_entropy(np.outer(u, u), 3)
+    # the same spread in a rotated basis: not resolvable from X, not claimed -infinity
+    Q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((3, 3)))
+    with pytest.raises(ValueError, match="cannot be computed from X") as info:
+        dln_entropy(Q @ np.diag(s) @ Q.T, 3)
+    assert "so the entropy is -infinity" not in str(info.value)
+    # exact zeros on the diagonal: -infinity, said plainly
+    with pytest.raises(ValueError, match="two or more singular values are zero"):
+        dln_entropy(np.diag([1.0, 0.0, 0.0]), 3)
+
+
+_SPECIAL = st.sampled_from([0.0, 1.0, -1.0, 1e-300, 1e300, 1e-150, 1e150, np.nan, np.inf, -np.inf])
+
+
+@st.composite
+def _malformed(draw):
+    """A possibly malformed call: shape, dtype, backend, special values, depth, validate."""
+    ndim = draw(st.integers(0, 4))
+    shape = tuple(draw(st.lists(st.integers(0, 4), min_size=ndim, max_size=ndim)))
+    if draw(st.booleans()) and ndim >= 2:
+        shape = shape[:-1] + (shape[-2],)  # square more often than not
+    dtype = draw(st.sampled_from(["float64", "float32", "float16", "int64", "complex128"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    X = rng.standard_normal(shape)
+    if X.size and draw(st.booleans()):
+        flat = X.reshape(-1)
+        for _ in range(draw(st.integers(1, 3))):
+            flat[draw(st.integers(0, flat.size - 1))] = draw(_SPECIAL)
+        X = flat.reshape(shape)
+    if draw(st.booleans()) and X.ndim >= 2 and X.shape[-1] >= 2:
+        X[..., :, -1] = 0.0  # a zero column: rank deficient
+        if draw(st.booleans()):
+            X[..., :, -2] = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = X.astype(dtype) if dtype != "complex128" else X.astype(complex)
+    if draw(st.booleans()) and dtype != "complex128":
+        X = torch.as_tensor(X)
+    depth = draw(st.one_of(st.integers(-1, 6), st.sampled_from([None, True, 2.5, np.nan, "3"])))
+    return X, depth, draw(st.booleans())
+
+
+def _finite_result(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    return bool(np.all(np.isfinite(np.asarray(value))))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_malformed())
+def test_malformed_input_gives_a_finite_answer_or_a_named_error(call):
+    """Never a LinAlgError, IndexError or torch RuntimeError: a ValueError/TypeError with a
+    message, or a result; with validation on (the default) the result is finite (the
+    entropy is -inf only by raising). validate=False skips the rank and finiteness checks,
+    so only the error types are asserted there."""
+    X, depth, validate = call
+    for fn in (dln_entropy, dln_entropy_gradient):
+        try:
+            out = fn(X, depth, validate=validate)
+        except (ValueError, TypeError) as e:
+            assert str(e)
+            continue
+        if validate:
+            assert _finite_result(out), (fn.__name__, X, depth, out)

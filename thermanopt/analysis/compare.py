@@ -15,7 +15,8 @@ function of X = phi(W) only (a finite sum over samples, evaluated on
 minibatches for the stochastic methods).
 
 What the comparison shows (Menon & Yu, arXiv 2509.09088; Ziyin, Xu & Chuang,
-arXiv 2505.12387; design notes dln-geometry.md and entropic-forces.md):
+arXiv 2505.12387; the theory pages "Geometry of the DLN" and "Entropic forces"
+of the documentation):
 
 - Gradient flow of E(phi(W)) on the factors from a balanced start projects
   exactly onto the g_N gradient flow of E on X (Arora et al. 2018; Bah et
@@ -48,7 +49,12 @@ hold, per method, ``step``, ``time`` (step * lr, the flow time; None for
 line-search methods), ``wall``, ``loss``, ``entropy``, ``singular_values``,
 ``balance_drift``, and ``distances`` between every pair of methods over the
 common recorded steps. ``out`` receives ``compare_<task>.json`` and
-``compare_<task>.png`` (loss, entropy and singular values against steps).
+``compare_<task>.png`` (loss, entropy, and the largest and smallest singular
+values of X against steps, with the target's singular values for reference).
+
+A method that fails (a non-finite iterate, an optimizer error) stops the
+comparison with :class:`MethodFailedError`, which names the method and the step
+settings; the other methods can be run with ``methods=``.
 """
 
 from __future__ import annotations
@@ -64,7 +70,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["compare_training", "make_task", "DEFAULT_METHODS", "Task"]
+__all__ = ["compare_training", "make_task", "DEFAULT_METHODS", "Task", "MethodFailedError"]
+
+
+class MethodFailedError(RuntimeError):
+    """One method of :func:`compare_training` failed; ``method`` names it."""
+
+    def __init__(self, method: str, detail: str, hint: str = ""):
+        super().__init__(f"{detail}; {hint}" if hint else detail)
+        self.method = method
+        self.detail = detail
 
 DEFAULT_METHODS = (
     "euclidean_gd",
@@ -433,13 +448,15 @@ def _method_configs(methods: Any, task: Task, batch_size: int, lr: float | None)
     return out
 
 
-def _figure(path: str, histories: dict, task_name: str) -> None:
+def _figure(path: str, histories: dict, task_name: str,
+            target_singular_values: list[float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, h) in enumerate(histories["methods"].items()):
         c = colors[i % len(colors)]
@@ -449,12 +466,21 @@ def _figure(path: str, histories: dict, task_name: str) -> None:
         axes[0].semilogy(steps, loss, color=c, label=name)
         axes[1].plot(steps, ent, color=c, label=name)
         sv = np.array([[np.nan if v is None else v for v in row] for row in h["singular_values"]])
-        for j in range(sv.shape[1]):
-            axes[2].semilogy(steps, sv[:, j], color=c, lw=0.8, label=name if j == 0 else None)
-    axes[0].set(xlabel="step", ylabel="loss", title=f"{task_name}: loss")
-    axes[1].set(xlabel="step", ylabel="S_N(X)", title="entropy of the end-to-end matrix")
-    axes[2].set(xlabel="step", ylabel="singular values of X", title="singular values")
-    axes[0].legend(fontsize=7)
+        axes[2].semilogy(steps, np.nanmax(sv, axis=1), color=c, lw=1.2)
+        axes[2].semilogy(steps, np.nanmin(sv, axis=1), color=c, lw=1.2, ls="--")
+    if target_singular_values:
+        for v in (max(target_singular_values), min(target_singular_values)):
+            axes[2].axhline(v, color="0.5", lw=0.8, ls=":")
+    axes[0].set(xlabel="step", ylabel="loss (full batch)", title=f"{task_name}: loss")
+    axes[1].set(xlabel="step", ylabel="S_N(X) (reduced)", title="entropy of the end-to-end matrix")
+    axes[2].set(xlabel="step", ylabel="singular value of X",
+                title="largest and smallest singular value of X")
+    axes[0].legend(fontsize=7, title="method", title_fontsize=7)
+    style = [Line2D([], [], color="0.2", label="largest s_1"),
+             Line2D([], [], color="0.2", ls="--", label="smallest s_d")]
+    if target_singular_values:
+        style.append(Line2D([], [], color="0.5", ls=":", label="s_1, s_d of the target X*"))
+    axes[2].legend(handles=style, fontsize=7, title="colour = method", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -488,7 +514,9 @@ def compare_training(
             ``name -> overrides`` (``lr``, ``batch_size``, ``momentum``,
             ``temperature``, ``base`` for a renamed copy).
         steps: optimisation steps per method (> 0).
-        out: folder for ``compare_<task>.json`` and ``compare_<task>.png`` (created).
+        out: folder for ``compare_<task>.json`` and ``compare_<task>.png``; it is
+            checked and created before any training (``ValueError`` when a file
+            is in the way or it cannot be written).
         device: ``"cpu"`` (default) or ``"cuda"``.
         seed: seeds the data, the common initial point and the minibatches
             (all stochastic methods see the same batch sequence).
@@ -523,6 +551,10 @@ def compare_training(
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if int(depth) < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
+    if out is not None:
+        from .cli_support import prepare_output_dir
+
+        out = prepare_output_dir(out, option="out")
     task_obj = (
         task
         if isinstance(task, Task)
@@ -560,19 +592,32 @@ def compare_training(
             lr_axis = None if cfg["optimizer"] in ("free_energy", "adam") else cfg["lr"]
             rec = _Recorder(task_obj, depth, steps, record_every, lr_axis, cfg["name"])
             batch_gen_seed = int(seed) + 2
-            if cfg["space"] == "factors":
-                sampler = StochasticProblem(
-                    None, task_obj.loss, task_obj.n_samples, cfg["batch_size"]
-                )
-                bgen = torch.Generator(device=device).manual_seed(batch_gen_seed)
-                wall, extra = _run_factors(
-                    task_obj, W0, cfg, steps, rec, sampler, bgen, device, bar
-                )
-            else:
-                wall, extra = _run_quotient(
-                    task_obj, X0, cfg, steps, rec, depth, device, dtype, batch_gen_seed, bar
-                )
-                extra = {"balance_drift_relative": 0.0, **extra}
+            try:
+                if cfg["space"] == "factors":
+                    sampler = StochasticProblem(
+                        None, task_obj.loss, task_obj.n_samples, cfg["batch_size"]
+                    )
+                    bgen = torch.Generator(device=device).manual_seed(batch_gen_seed)
+                    wall, extra = _run_factors(
+                        task_obj, W0, cfg, steps, rec, sampler, bgen, device, bar
+                    )
+                else:
+                    wall, extra = _run_quotient(
+                        task_obj, X0, cfg, steps, rec, depth, device, dtype, batch_gen_seed,
+                        bar,
+                    )
+                    extra = {"balance_drift_relative": 0.0, **extra}
+            except Exception as e:  # noqa: BLE001 - name the method that failed
+                done = rec.h["step"][-1] if rec.h["step"] else 0
+                detail = " ".join(str(e).split())
+                if detail.startswith(cfg["name"] + ": "):
+                    detail = detail[len(cfg["name"]) + 2:]
+                raise MethodFailedError(
+                    cfg["name"],
+                    f"method {cfg['name']} failed after {done} of {steps} steps "
+                    f"(lr {cfg.get('lr')}, seed {seed}): {type(e).__name__}: {detail}",
+                    "leave it out with methods=... or change its lr",
+                ) from e
             histories["methods"][cfg["name"]] = rec.h
             Xs[cfg["name"]] = (rec.h["step"], rec.X)
             row = {
@@ -642,9 +687,11 @@ def compare_training(
         "target_loss": target_loss,
     }
     if out is not None:
-        os.makedirs(out, exist_ok=True)
         stem = os.path.join(os.fspath(out), f"compare_{task_obj.name}")
         with open(stem + ".json", "w") as fh:
             json.dump({"table": table, "histories": histories}, fh, indent=1, allow_nan=False)
-        _figure(stem + ".png", histories, task_obj.name)
+        target_sv = None
+        if task_obj.target is not None:
+            target_sv = [float(v) for v in torch.linalg.svdvals(task_obj.target).cpu()]
+        _figure(stem + ".png", histories, task_obj.name, target_sv)
     return table, histories

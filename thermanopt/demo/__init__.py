@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_demo", "Stage", "STAGES"]
+__all__ = ["run_demo", "summary_table", "Stage", "STAGES"]
 
 
 @dataclass
@@ -43,6 +43,12 @@ class Context:
     def tick(self, n: int = 1) -> None:
         if self.progress is not None:
             self.progress.update(n)
+
+    def set_total(self, total: int) -> None:
+        """Set the number of ticks the running stage will make (its bar's total)."""
+        if self.progress is not None:
+            self.progress.total = int(total)
+            self.progress.refresh()
 
 
 @dataclass
@@ -190,41 +196,114 @@ def _finite(obj: Any) -> bool:
     return True
 
 
+def _headline(key: str, numbers: dict[str, Any]) -> str:
+    """One short result per stage for the final summary."""
+    try:
+        if key == "backend":
+            return f"eigenvalue error {numbers['eigenvalue_error']:.1e}"
+        if key == "geometry":
+            q = numbers["TrustRegions on ObservableQuotient"]
+            a = numbers["Euclidean Adam on the factors"]
+            return (f"TrustRegions loss {q['final_loss']:.1e}; Adam min {a['min_loss']:.1e}, "
+                    f"final {a['final_loss']:.1e}")
+        if key == "entropy":
+            angles = {k: v["max_at_angle_deg"] for k, v in numbers.items()
+                      if k.endswith("_on_circle")}
+            return "max of S at fixed |X|_F: " + ", ".join(
+                f"{k.split('_')[1]}: {v:.0f} deg" for k, v in angles.items())
+        if key == "free_energy":
+            return f"max error vs exact 1-D reduction {numbers['max_abs_error']:.1e}"
+        if key == "sampling":
+            d = [numbers[f"depth_{N}_largest"] for N in numbers["depths"]]
+            return "CDF gap with / without entropy: " + ", ".join(
+                f"{x['cdf_distance_to_gibbs_law']:.2f} / {x['cdf_distance_to_no_entropy_law']:.2f}"
+                for x in d)
+        if key == "symmetry":
+            sgd = numbers["breaking[SGD, batch 2]"]
+            return (f"MLP complete: {numbers['relu_mlp']['complete']}; SGD rescale "
+                    f"{sgd['rescale_verdict']}, GD "
+                    f"{numbers['breaking[full-batch GD]']['rescale_verdict']}")
+    except (KeyError, TypeError, ValueError):
+        pass
+    return ""
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Aligned text table of a :func:`run_demo` result: stage, time, figures, headline."""
+    rows = []
+    for key, res in results["stages"].items():
+        if "missing" in res:
+            rows.append((key, "-", "-", "skipped: missing " + ", ".join(res["missing"])))
+            continue
+        n = res["numbers"]
+        rows.append((key, f"{n.get('stage_time_s', 0.0):.1f} s", str(len(res["figures"])),
+                     _headline(key, n)))
+    head = ("stage", "time", "figures", "result")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+
+    def line(r):
+        return (f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}").rstrip()
+
+    return "\n".join([line(head), "-" * len(line(head))] + [line(r) for r in rows])
+
+
 def run_demo(
     out: str = "thermanopt-demo", device: str = "cpu", quick: bool = False, seed: int = 0
 ) -> dict[str, Any]:
     """Run every demo stage, write ``report.md``, figures and ``results.json`` to ``out``.
 
-    Returns the JSON-able results: for each stage its numbers and figures, or
-    ``{"missing": [...]}`` when its capability has not landed.
+    ``out`` and ``device`` are checked before any stage runs (``ValueError``:
+    a file in the way, an unwritable folder, an unknown or unavailable device).
+    Each stage shows a progress bar whose total is its number of steps; a
+    summary table follows the last stage. Library warnings and torch log
+    records are captured into ``results["library_messages"]`` instead of being
+    printed. Returns the JSON-able results: for each stage its numbers and
+    figures, or ``{"missing": [...]}`` when its capability has not landed.
     """
     import torch
 
+    from thermanopt.analysis.cli_support import captured_library_output, prepare_output_dir
+
+    if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but torch sees no CUDA device")
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+        raise ValueError("--device cuda was requested but torch sees no CUDA device; use cpu")
+    folder = prepare_output_dir(out)
     results: dict[str, Any] = {"device": device, "quick": quick, "seed": seed, "stages": {}}
     ctx = Context(folder, device, quick, seed)
     lines = ["# thermanopt demo report", ""]
-    for stage in STAGES:
-        missing = _missing(stage.requires)
-        lines += [f"## {stage.title}", ""]
-        if missing:
-            results["stages"][stage.key] = {"missing": missing}
-            lines += [f"*Skipped: not available yet ({', '.join(missing)}).*", ""]
-            print(f"[{stage.key}] skipped: missing {', '.join(missing)}")
-            continue
-        t0 = time.perf_counter()
-        with _progress(stage.steps, stage.key) as bar:
-            ctx.progress = bar
-            res = stage.run(ctx)
-        res.numbers["stage_time_s"] = time.perf_counter() - t0
-        results["stages"][stage.key] = {"numbers": res.numbers, "figures": res.figures}
-        lines += [res.text, ""]
-        for fig in res.figures:
-            lines += [f"![{stage.key}]({Path(fig).name})", ""]
+    t_start = time.perf_counter()
+    with captured_library_output() as captured:
+        for stage in STAGES:
+            missing = _missing(stage.requires)
+            lines += [f"## {stage.title}", ""]
+            if missing:
+                results["stages"][stage.key] = {"missing": missing}
+                lines += [f"*Skipped: not available yet ({', '.join(missing)}).*", ""]
+                print(f"[{stage.key}] skipped: missing {', '.join(missing)}")
+                continue
+            t0 = time.perf_counter()
+            with _progress(stage.steps, stage.key) as bar:
+                ctx.progress = bar
+                res = stage.run(ctx)
+            res.numbers["stage_time_s"] = time.perf_counter() - t0
+            results["stages"][stage.key] = {"numbers": res.numbers, "figures": res.figures}
+            lines += [res.text, ""]
+            for fig in res.figures:
+                lines += [f"![{stage.key}]({Path(fig).name})", ""]
+    results["library_messages"] = list(captured)
+    results["total_time_s"] = time.perf_counter() - t_start
+    summary = summary_table(results)
+    lines += ["## Summary", "", "```", summary, "```", ""]
     (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (folder / "report.md").write_text("\n".join(lines))
-    print(f"report written to {folder / 'report.md'}")
+    n_fig = sum(len(r.get("figures", [])) for r in results["stages"].values())
+    print()
+    print(summary)
+    print(
+        f"\ndemo finished in {results['total_time_s']:.1f} s: {folder / 'report.md'}, "
+        f"{folder / 'results.json'} and {n_fig} figures"
+        + (f" ({len(captured)} library warning(s)/log record(s) captured in results.json)"
+           if captured else "")
+    )
     return results

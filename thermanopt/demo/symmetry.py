@@ -78,10 +78,16 @@ def stage_symmetry(ctx) -> Any:
     import torch
 
     from thermanopt.analysis import find_symmetries
+    from thermanopt.analysis.cli_support import plot_symmetries
 
     from . import StageResult
 
     mlp, transformer = _models()
+    titles = {
+        "relu_mlp": "ReLU MLP 6-16-3: which parameters each symmetry acts on",
+        "transformer": "one-block transformer (embedding tied to the output): which "
+        "parameters each symmetry acts on",
+    }
     numbers: dict[str, Any] = {}
     figures = []
     tables = []
@@ -91,7 +97,7 @@ def stage_symmetry(ctx) -> Any:
     ):
         report = find_symmetries(model, inputs)
         path = ctx.out / f"symmetry_graph_{name}.png"
-        report.plot(str(path))
+        plot_symmetries(report, path, title=titles[name])
         figures.append(str(path))
         numbers[name] = {
             "continuous_dim": report.continuous_dim,
@@ -116,40 +122,71 @@ def stage_symmetry(ctx) -> Any:
         base[2].weight.mul_(0.5)
     report = find_symmetries(base, X[:4], output="raw", verify=False)
     runs = {}
+    window = max(10, n_steps // 15)
     for label, lr, batch in (("full-batch GD", 0.01, 64), ("SGD, batch 2", 0.05, 2)):
         history, verdicts = _train(copy.deepcopy(base), report, X, Y, lr, batch, n_steps, 1)
         rescale = [k for k, v in verdicts.items() if v["kind"] == "rescale"]
         perm = [k for k, v in verdicts.items() if v["kind"] == "permutation"]
-        charge = np.array(history.charge[rescale[0]], dtype=float)
-        runs[label] = charge
+        lab = rescale[0]
+        charge = np.array(history.charge[lab], dtype=float)
+        # gradient balance: windowed sum_i g^T A_i g / sum_i g^T |A_i| g (0 = balanced)
+        gq = np.array(history.grad_charge[lab], dtype=float).reshape(n_steps, -1).sum(1)
+        ga = np.array(history.grad_absolute[lab], dtype=float).reshape(n_steps, -1).sum(1)
+        kernel = np.ones(window) / window
+        residual = np.convolve(gq, kernel, "valid") / np.convolve(ga, kernel, "valid")
+        runs[label] = (charge, residual)
         numbers[f"breaking[{label}]"] = {
-            "rescale_drift": verdicts[rescale[0]]["drift"],
-            "rescale_verdict": verdicts[rescale[0]]["verdict"],
+            "rescale_drift": verdicts[lab]["drift"],
+            "rescale_verdict": verdicts[lab]["verdict"],
             "permutation_verdict": verdicts[perm[0]]["verdict"] if perm else None,
-            "balance_start": verdicts[rescale[0]].get("balance_start"),
-            "balance_end": verdicts[rescale[0]].get("balance_end"),
+            "balance_start": float(residual[0]),
+            "balance_end": float(residual[-1]),
+            "balance_window_steps": window,
+            "mean_abs_charge_start": float(np.abs(charge[0]).mean()),
+            "mean_abs_charge_end": float(np.abs(charge[-1]).mean()),
         }
     ctx.tick()
     path = ctx.out / "symmetry_breaking.png"
-    with figure(path, ncols=2) as (fig, axes):
-        for ax, (label, charge) in zip(axes, runs.items()):
+    with figure(path, ncols=3, width=4.8, height=4.0) as (fig, axes):
+        for ax, (label, (charge, _)) in zip(axes[:2], runs.items()):
             q = charge.reshape(len(charge), -1)
             ax.plot(q[:, :8], lw=1)
+            ax.plot([], [], color="0.4", lw=1, label="C_i of 8 of the 16 units")
             ax.axhline(0.0, color="k", lw=0.6, ls="--", label="C = 0 (balanced unit)")
             ax.set_xlabel("training step")
             ax.set_ylabel("C_i = |w_in,i|^2 + b_i^2 - |w_out,i|^2")
-            ax.set_title(f"{label}: rescale charges of 8 ReLU units")
-            ax.legend(fontsize=8)
+            ax.set_title(f"{label}: rescale charges", fontsize=10)
+            ax.legend(fontsize=7)
+        ax = axes[2]
+        for k, (label, (_, residual)) in enumerate(runs.items()):
+            steps = np.arange(len(residual)) + window
+            ax.plot(steps, residual, color=f"C{k + 3}", label=label)
+        ax.axhline(0.0, color="k", lw=0.6, ls="--", label="gradient balance")
+        ax.set_xlabel(f"training step (end of a {window}-step window)")
+        ax.set_ylabel("sum_i g^T A_i g / sum_i g^T |A_i| g")
+        ax.set_title("gradient balance of the rescale symmetry", fontsize=10)
+        ax.legend(fontsize=7)
     figures.append(str(path))
     gd, sgd = numbers["breaking[full-batch GD]"], numbers["breaking[SGD, batch 2]"]
+    towards = abs(sgd["balance_end"]) < abs(sgd["balance_start"])
     table_md = "\n\n".join(f"**{name}**\n\n```\n{t}\n```" for name, t in tables)
     text = (
         f"Symmetries found, classified and verified automatically:\n\n{table_md}\n\n"
-        f"Rescale symmetry of the ReLU units under training from an unbalanced start: full-batch "
-        f"GD at a small step keeps the conserved charges (relative drift "
+        "The two symmetry figures show, for each symmetry (row), the parameters it acts on "
+        "(columns, grouped per layer); colour is the kind, filled markers are continuous "
+        "symmetries, open ones discrete.\n\n"
+        f"Rescale symmetry of the ReLU units under training from an unbalanced start (left two "
+        f"panels): full-batch GD at a small step keeps the conserved charges (relative drift "
         f"{gd['rescale_drift']:.2e}, verdict {gd['rescale_verdict']}); SGD with batch 2 breaks "
-        f"them (drift {sgd['rescale_drift']:.2e}, verdict {sgd['rescale_verdict']}) and moves "
-        f"towards gradient balance, while the permutation symmetry stays "
-        f"{sgd['permutation_verdict']}."
+        f"them (drift {sgd['rescale_drift']:.2e}, verdict {sgd['rescale_verdict']}; mean |C_i| "
+        f"{sgd['mean_abs_charge_start']:.2f} -> {sgd['mean_abs_charge_end']:.2f}), while the "
+        f"permutation symmetry stays {sgd['permutation_verdict']}. The right panel is the "
+        f"gradient balance sum_i g^T A_i g / sum_i g^T |A_i| g over {sgd['balance_window_steps']}"
+        f"-step windows (0 = balance, where the per-step charge change eta^2 g^T A g averages "
+        f"out): under SGD it goes from {sgd['balance_start']:.2f} to {sgd['balance_end']:.2f}"
+        + (" - towards balance, without reaching it in this run" if towards else
+           " - not towards balance in this run")
+        + f"; under GD, whose charges do not move, it goes from {gd['balance_start']:.2f} to "
+        f"{gd['balance_end']:.2f}."
     )
     return StageResult(numbers=numbers, figures=figures, text=text)

@@ -54,6 +54,7 @@ def stage_free_energy(ctx) -> Any:
     problem = pymanopt.Problem(manifold, energy)
     X0 = torch.eye(width, dtype=torch.float64, device=ctx.device)
     rows = []
+    ctx.set_total(len(temperatures))
     for T in temperatures:
         opt = FreeEnergyDescent(T, max_iterations=3000, min_gradient_norm=1e-9)
         res = opt.run(problem, initial_point=X0)
@@ -112,16 +113,28 @@ def stage_sampling(ctx) -> Any:
     from . import StageResult
 
     width, T, h = 2, 1.0, 0.01
-    depths = (2, 3)
+    # depths at which the entropy visibly changes the law (at depth 2 the laws with and
+    # without it are close: S_2 = (1/2) log(s1 + s2) varies slowly)
+    depths = (3, 5)
     n_chains = 400 if ctx.quick else 1000
-    n_steps = 250
-    numbers: dict[str, Any] = {"temperature": T, "step_size": h, "chains": n_chains}
+    n_steps = 250 if ctx.quick else 400
+    numbers: dict[str, Any] = {
+        "temperature": T, "step_size": h, "chains": n_chains, "steps": n_steps,
+        "depths": list(depths),
+    }
     path = ctx.out / "langevin_singular_values.png"
+    chunk = 50  # steps between progress ticks; the chains continue from chunk to chunk
+    n_chunks = -(-n_steps // chunk)
+    ctx.set_total(len(depths) * n_chunks)
 
     def energy_s(s):
         return 0.5 * (s**2).sum(-1)
 
-    with figure(path, ncols=len(depths), width=5.0) as (fig, axes):
+    def cdf(grid, p):
+        c = np.cumsum(p * np.gradient(grid))
+        return c / c[-1]
+
+    with figure(path, ncols=len(depths), width=5.4, height=4.4) as (fig, axes):
         for ax, N in zip(axes, depths):
             manifold = BalancedManifold(width, N, backend="torch", device=ctx.device)
 
@@ -135,61 +148,69 @@ def stage_sampling(ctx) -> Any:
             problem = pymanopt.Problem(manifold, cost)
             W0 = manifold.balanced_from(torch.eye(width, dtype=torch.float64, device=ctx.device))
             sampler = RiemannianLangevin(T, h)
-            states = sampler.sample(
-                problem,
-                W0,
-                n_steps,
-                n_chains=n_chains,
-                thin=n_steps,
-                generator=ctx.seed,
-                batched_cost=True,
-            )
-            X = manifold.end_to_end(states[-1])
-            s = torch.linalg.svdvals(X).cpu().numpy()
-            grid, p1, p2 = singular_value_marginals(N, energy_s, T, 7.0)
-            _, q1, q2 = singular_value_marginals(N, energy_s, T, 7.0, entropy_weight=0.0)
-            bins = np.linspace(0, 3.5, 36)
-            ax.hist(
-                s[:, 0],
-                bins=bins,
-                density=True,
-                alpha=0.45,
-                color="C0",
-                label="Langevin: largest s",
-            )
-            ax.hist(
-                s[:, 1],
-                bins=bins,
-                density=True,
-                alpha=0.45,
-                color="C1",
-                label="Langevin: smallest s",
-            )
-            ax.plot(grid, p1, "C0-", label="exp(-(E - T S)/T): largest")
-            ax.plot(grid, p2, "C1-", label="exp(-(E - T S)/T): smallest")
-            ax.plot(grid, q1, "C0:", label="without entropy (wrong)")
-            ax.plot(grid, q2, "C1:")
-            ax.set_xlim(0, 3.5)
-            ax.set_ylim(0, 2.5)
-            ax.set_xlabel("singular value of X = phi(W)")
-            ax.set_ylabel("density")
-            ax.set_title(f"width {width}, depth {N}, T = {T}")
-            ax.legend(fontsize=7)
+            gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+            state, done = W0, 0
+            while done < n_steps:
+                k = min(chunk, n_steps - done)
+                state = sampler.sample(
+                    problem, state, k, n_chains=n_chains, thin=k, generator=gen,
+                    batched_cost=True,
+                )[-1]
+                done += k
+                ctx.tick()
+            X = manifold.end_to_end(state)
+            s = np.sort(torch.linalg.svdvals(X).cpu().numpy(), axis=-1)[:, ::-1]
+            grid, p1, p2 = singular_value_marginals(N, energy_s, T, 7.0, n=1500)
+            _, q1, q2 = singular_value_marginals(N, energy_s, T, 7.0, n=1500, entropy_weight=0.0)
             ds = np.gradient(grid)
-            for k, (p, name) in enumerate(((p1, "largest"), (p2, "smallest"))):
-                numbers[f"depth_{N}_mean_{name}"] = {
-                    "langevin": float(s[:, k].mean()),
-                    "langevin_standard_error": float(s[:, k].std() / np.sqrt(n_chains)),
-                    "gibbs_law": float((grid * p * ds).sum() / (p * ds).sum()),
+            for k, (p, q, name) in enumerate(((p1, q1, "largest"), (p2, q2, "smallest"))):
+                colour = f"C{k}"
+                samples = np.sort(s[:, k])
+                emp = np.arange(1, len(samples) + 1) / len(samples)
+                ax.step(samples, emp, where="post", color=colour, lw=4, alpha=0.35,
+                        label=f"Langevin samples: {name} s")
+                F_with, F_without = cdf(grid, p), cdf(grid, q)
+                ax.plot(grid, F_with, "-", color=colour, lw=1.3,
+                        label=f"exp(-(E - T S)/T): {name} s")
+                ax.plot(grid, F_without, ":", color=colour, lw=1.6,
+                        label=f"law without the entropy: {name} s")
+                emp_at = np.searchsorted(samples, grid, side="right") / len(samples)
+                numbers[f"depth_{N}_{name}"] = {
+                    "langevin_mean": float(samples.mean()),
+                    "langevin_standard_error": float(samples.std() / np.sqrt(n_chains)),
+                    "gibbs_law_mean": float((grid * p * ds).sum() / (p * ds).sum()),
+                    "no_entropy_law_mean": float((grid * q * ds).sum() / (q * ds).sum()),
+                    "cdf_distance_to_gibbs_law": float(np.max(np.abs(emp_at - F_with))),
+                    "cdf_distance_to_no_entropy_law": float(np.max(np.abs(emp_at - F_without))),
                 }
-            ctx.tick()
-    m = numbers["depth_2_mean_largest"]
+            ax.set_xscale("log")
+            ax.set_xlim(1e-5, 5.0)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel("singular value of X = phi(W) (log scale)")
+            ax.set_ylabel("cumulative distribution P(s_i <= x)")
+            ax.set_title(f"width {width}, depth {N}, T = {T}")
+            ax.legend(fontsize=6.5, loc="upper left")
+    parts = []
+    for N in depths:
+        m = numbers[f"depth_{N}_largest"]
+        parts.append(
+            f"depth {N}: mean largest singular value {m['langevin_mean']:.3f} ± "
+            f"{m['langevin_standard_error']:.3f} sampled, {m['gibbs_law_mean']:.3f} under "
+            f"exp(-(E - T S)/T), {m['no_entropy_law_mean']:.3f} without the entropy; largest "
+            f"gap between the empirical and the exact distribution functions "
+            f"{max(numbers[f'depth_{N}_{k}']['cdf_distance_to_gibbs_law'] for k in ('largest', 'smallest')):.3f} "  # noqa: E501
+            f"with the entropy, "
+            f"{min(numbers[f'depth_{N}_{k}']['cdf_distance_to_no_entropy_law'] for k in ('largest', 'smallest')):.3f} "  # noqa: E501
+            f"or more without"
+        )
     text = (
         f"{n_chains} Riemannian Langevin chains on the balanced manifold (width {width}, "
-        f"E = |X|^2/2, T = {T}, step {h}, second-order retraction), pushed forward to "
-        f"X = phi(W): the singular values follow exp(-(E - T S)/T) dvol_g (solid), not the "
-        f"law without the entropy (dotted). Depth 2, mean largest singular value: "
-        f"{m['langevin']:.3f} ± {m['langevin_standard_error']:.3f} sampled vs "
-        f"{m['gibbs_law']:.3f} exact."
+        f"E = |X|^2/2, T = {T}, step {h}, {n_steps} steps, second-order retraction), pushed "
+        f"forward to X = phi(W). The figure compares distribution functions (thick: samples; "
+        f"solid: exp(-(E - T S)/T) dvol_g; dotted: the same law without the entropy). The "
+        f"samples follow the law with the entropy, not the one without: " + "; ".join(parts)
+        + ". The remaining gaps sit in the lower tail of the smallest singular value, where "
+        "X is nearly singular and the discretised chain (step h) undersamples; at depth 2 the "
+        "laws with and without the entropy are close, so depths 3 and 5 are shown."
     )
     return StageResult(numbers=numbers, figures=[str(path)], text=text)

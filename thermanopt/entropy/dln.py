@@ -1,7 +1,7 @@
 """Boltzmann entropy of the deep linear network (DLN) fibre, in closed form.
 
-Menon & Yu, "The geometry of the deep linear network", arXiv 2509.09088
-(theorem on the volume of the group orbit O_X). A balanced point W over the
+Menon & Yu, "An entropy formula for the Deep Linear Network", arXiv 2509.09088
+(the volume of the group orbit O_X). A balanced point W over the
 end-to-end matrix X = U diag(s) V^T (width d, depth N) has the fibre
 phi^{-1}(X) = O(d)^{N-1} . W, whose Riemannian volume (Frobenius metric) is
 
@@ -42,9 +42,22 @@ functions, with every divided difference written in a cancellation-free form
 Rank deficiency: one zero singular value keeps S finite (K_ij -> s_i^{2(N-1)/N}
 as s_j -> 0, used exactly for s_j = 0); two or more make K_ij = 0 and
 S = -infinity, and :func:`dln_entropy` raises :class:`RankDeficientError` (a
-``ValueError``); "zero" means below d * eps * s_max. The gradient is unbounded
-at singular X (for N >= 3): :func:`dln_entropy_gradient` raises for an exactly
-zero singular value.
+``ValueError``).
+
+What counts as zero. A backward-stable SVD returns each singular value with an
+absolute error of order eps * s_max, so a computed singular value below the
+resolution d * eps * s_max (the ``numpy.linalg.matrix_rank`` threshold) cannot
+be told from zero. :func:`dln_entropy` therefore raises when two or more
+singular values of X are exactly zero (S = -infinity), and also when two or more
+lie below the resolution: then S may be -infinity or finite, and floating point
+cannot say which (the message says so and does not call S -infinity). Diagonal X
+is the exception: its singular values are |X_ii|, exact whatever their spread,
+so only exact zeros count and diag(1e150, 1, 1e-150) has its finite entropy. For
+any other X known to have full rank, pass its exact singular values to
+:func:`entropy_from_singular_values`, which judges rank by exact zeros only.
+
+The gradient is unbounded at singular X (for N >= 3):
+:func:`dln_entropy_gradient` raises for an exactly zero singular value.
 
 Autodiff: :func:`dln_entropy` works inside torch autograd (a custom
 ``torch.autograd.Function`` whose backward is :func:`dln_entropy_gradient`
@@ -56,6 +69,7 @@ where the SVD backward is not) and inside HIPS ``autograd`` costs of Pymanopt
 from __future__ import annotations
 
 import math
+import operator
 from fractions import Fraction
 from typing import Any
 
@@ -250,9 +264,25 @@ def _dg(a: Array, b: Array, N: int) -> Array:
 
 
 def _check_depth(depth: int) -> int:
-    if isinstance(depth, bool) or int(depth) != depth or int(depth) < 1:
+    """``depth`` as a Python int >= 1: ``TypeError`` for non-numbers (None, str,
+    bool), ``ValueError`` for NaN, inf, non-integral or < 1 values."""
+    if isinstance(depth, bool) or depth is None or isinstance(depth, (str, bytes)):
+        raise TypeError(f"depth must be an integer >= 1, got {depth!r}")
+    try:
+        value = operator.index(depth)
+    except TypeError:
+        try:
+            f = float(depth)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"depth must be an integer >= 1, got {type(depth).__name__} {depth!r}"
+            ) from None
+        if not math.isfinite(f) or f != int(f):
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}") from None
+        value = int(f)
+    if value < 1:
         raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
-    return int(depth)
+    return int(value)
 
 
 def _check_square(X: Array, name: str = "X") -> None:
@@ -263,12 +293,21 @@ def _check_square(X: Array, name: str = "X") -> None:
         raise ValueError(f"{name} must have width >= 1, got shape {shape}")
 
 
+_SVD_DTYPES = ("float32", "float64")
+
+
 def _check_floating(X: Array, name: str = "X") -> None:
-    if is_torch(X):
-        if not X.dtype.is_floating_point:
-            raise ValueError(f"{name} must have a real floating dtype, got {X.dtype}")
-    elif not np.issubdtype(np.asarray(X).dtype, np.floating):
-        raise ValueError(f"{name} must have a real floating dtype, got {np.asarray(X).dtype}")
+    """X must be float32 or float64: the SVD has no kernels for other dtypes."""
+    dtype = X.dtype if is_torch(X) else np.asarray(X).dtype
+    text = str(dtype).replace("torch.", "")
+    floating = dtype.is_floating_point if is_torch(X) else np.issubdtype(dtype, np.floating)
+    if not floating:
+        raise ValueError(f"{name} must have a real floating dtype, got {text}")
+    if text not in _SVD_DTYPES:
+        raise ValueError(
+            f"{name} has dtype {text}, which the SVD does not support; use float32 or float64 "
+            f"(e.g. {name}.double() or {name}.astype(numpy.float64))"
+        )
 
 
 def _first_bad(mask: Array) -> str:
@@ -280,26 +319,42 @@ def _first_bad(mask: Array) -> str:
     return f" (batch index {idx})"
 
 
-def _rank_tolerance(s: Array, d: int) -> Array:
-    """Numerical-rank threshold d * eps * s_max (the ``numpy.linalg.matrix_rank`` default)."""
+def _rank_tolerance(s: Array, d: int, X: Array | None = None) -> Array:
+    """Resolution d * eps * s_max of the computed singular values (the
+    ``numpy.linalg.matrix_rank`` default); 0 for diagonal X, whose singular
+    values |X_ii| are exact."""
     xp = namespace(s)
-    return d * eps(s) * xp.max(s, axis=-1, keepdims=True)
+    tol = d * eps(s) * xp.max(s, axis=-1, keepdims=True)
+    if X is not None and d > 1:
+        off = X * (1.0 - xp.eye(d, dtype=X.dtype, device=array_api_compat.device(X)))
+        diagonal = xp.all(off == 0, axis=(-2, -1))
+        tol = xp.where(diagonal[..., None], xp.zeros_like(tol), tol)
+    return tol
 
 
-def _check_rank_entropy(s: Array, depth: int) -> None:
-    """Two or more (numerically) zero singular values make S = -inf: raise."""
+def _check_rank_entropy(s: Array, depth: int, X: Array | None = None) -> None:
+    """Two or more zero singular values make S = -inf; two or more below the SVD's
+    resolution make S undecidable in floating point: raise in both cases."""
     if depth == 1:
         return
     xp = namespace(s)
     d = s.shape[-1]
     if d < 2:  # d = 1: S = 0 whatever s is
         return
-    nzero = xp.sum(xp.astype(s <= _rank_tolerance(s, d), s.dtype), axis=-1)
-    bad = nzero >= 2
+    exact = xp.sum(xp.astype(s == 0, s.dtype), axis=-1) >= 2
+    if bool(xp.any(exact)):
+        raise RankDeficientError(
+            "X is rank-deficient: two or more singular values are zero, so the entropy is "
+            f"-infinity{_first_bad(exact)}"
+        )
+    tol = _rank_tolerance(s, d, X)
+    bad = xp.sum(xp.astype(s <= tol, s.dtype), axis=-1) >= 2
     if bool(xp.any(bad)):
         raise RankDeficientError(
-            "X is rank-deficient: two or more singular values are (numerically) zero, "
-            f"so the entropy is -infinity{_first_bad(bad)}"
+            "X is numerically rank-deficient: two or more singular values are below the SVD's "
+            "resolution d * eps * s_max, so they cannot be told from zero and the entropy "
+            "(-infinity if they are zero) cannot be computed from X; if X has full rank, pass "
+            f"its exact singular values to entropy_from_singular_values{_first_bad(bad)}"
         )
 
 
@@ -594,11 +649,40 @@ def _prepare_matrix(X: Array, depth: int, validate: bool) -> tuple[Array, int]:
     return X, depth
 
 
-def _entropy_value(X: Array, depth: int, reduced: bool, validate: bool) -> Array:
+def _svd_failed(exc: Exception) -> ValueError:
+    return ValueError(
+        "X: the SVD failed (" + " ".join(str(exc).split())[:160] + "); X contains NaN or inf "
+        "or is too badly scaled (validate=True checks X for NaN and inf first)"
+    )
+
+
+def _safe_svdvals(X: Array) -> Array:
+    """Singular values of X; a failing SVD (NaN or inf in X) is a ``ValueError``."""
     xp = namespace(X)
-    s = xp.linalg.svdvals(X)
+    try:
+        s = xp.linalg.svdvals(X)
+    except (np.linalg.LinAlgError, RuntimeError) as e:
+        raise _svd_failed(e) from e
+    if not is_torch(s) and not np.all(np.isfinite(s)):  # NumPy: free to check on the host
+        raise ValueError("X: the SVD returned non-finite values; X contains NaN or inf")
+    return s
+
+
+def _safe_svd(X: Array) -> tuple[Array, Array, Array]:
+    """(U, s, V) of X; a failing SVD (NaN or inf in X) is a ``ValueError``."""
+    try:
+        U, s, V = svd(X)
+    except (np.linalg.LinAlgError, RuntimeError) as e:
+        raise _svd_failed(e) from e
+    if not is_torch(s) and not np.all(np.isfinite(s)):
+        raise ValueError("X: the SVD returned non-finite values; X contains NaN or inf")
+    return U, s, V
+
+
+def _entropy_value(X: Array, depth: int, reduced: bool, validate: bool) -> Array:
+    s = _safe_svdvals(X)
     if validate:
-        _check_rank_entropy(s, depth)
+        _check_rank_entropy(s, depth, X)
     S = _entropy_spectral(s, depth)
     if not reduced:
         S = S + (depth - 1) * log_orthogonal_group_volume(X.shape[-1])
@@ -615,10 +699,14 @@ def dln_entropy(X: Array, depth: int, *, reduced: bool = True, validate: bool = 
     for a batch, and a (differentiable) torch tensor for torch input; inside a
     HIPS-autograd trace it returns the traced value.
 
-    Raises ``ValueError`` for non-square, non-floating or non-finite X and for X
-    with two or more numerically zero singular values (threshold d * eps * s_max),
-    where S = -infinity. ``validate=False`` skips these checks (each costs one
-    host synchronisation on a GPU).
+    Raises ``TypeError`` for a ``depth`` that is not a number (None, a string, a
+    bool) and ``ValueError`` for a depth that is not an integer >= 1, for
+    non-square X, X of a dtype other than float32/float64, non-finite X, and X
+    with two or more zero singular values (S = -infinity) or two or more below the
+    SVD's resolution d * eps * s_max (S cannot be resolved; diagonal X is exact
+    and exempt; see the module docstring). ``validate=False`` skips the
+    finiteness and rank checks (each costs one host synchronisation on a GPU);
+    an SVD that fails on NaN or inf is still a ``ValueError``.
     """
     if _is_autograd_box(X):
         _check_square(X)
@@ -641,7 +729,7 @@ def dln_entropy_gradient(X: Array, depth: int, *, validate: bool = True) -> Arra
     if _is_autograd_box(X):
         return _ag_gradient(X, _check_depth(depth))
     X, depth = _prepare_matrix(X, depth, validate)
-    U, s, V = svd(X)
+    U, s, V = _safe_svd(X)
     if validate:
         _check_full_rank(s, "the entropy gradient")
     return _spectral_to_matrix(U, _gradient_spectral(s, depth), V)
@@ -652,7 +740,7 @@ def dln_entropy_and_gradient(
 ) -> tuple[Array, Array]:
     """(S_N(X), grad S_N(X)) from one SVD; see :func:`dln_entropy` and its gradient."""
     X, depth = _prepare_matrix(X, depth, validate)
-    U, s, V = svd(X)
+    U, s, V = _safe_svd(X)
     if validate:
         _check_full_rank(s, "the entropy gradient")
     S = _entropy_spectral(s, depth)
@@ -674,11 +762,12 @@ def dln_entropy_hvp(X: Array, Z: Array, depth: int, *, validate: bool = True) ->
     _check_square(X)
     if tuple(Z.shape) != tuple(X.shape):
         raise ValueError(f"Z must have the shape of X {tuple(X.shape)}, got {tuple(Z.shape)}")
+    _check_floating(X)
     namespace(X, Z)  # same type, device and dtype
     if validate:
         check_finite(X, "X")
         check_finite(Z, "Z")
-    U, s, V = svd(X)
+    U, s, V = _safe_svd(X)
     if validate:
         _check_full_rank(s, "the entropy Hessian")
     return _hvp_chunked(U, s, V, Z, depth)
@@ -710,9 +799,9 @@ if torch is not None:
 
         @staticmethod
         def forward(ctx, X, depth, reduced, validate):  # noqa: D102
-            U, s, V = svd(X)
+            U, s, V = _safe_svd(X)
             if validate:
-                _check_rank_entropy(s, depth)
+                _check_rank_entropy(s, depth, X)
             ctx.save_for_backward(X, U, s, V)
             ctx.depth = depth
             S = _entropy_spectral(s, depth)
