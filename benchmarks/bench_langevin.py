@@ -83,7 +83,7 @@ def main() -> None:
     sampler = RiemannianLangevin(0.1, 1e-3)
 
     r_batched = _rate(sampler, pb, W0, steps, chains, True, args.device)
-    reproj = sampler.log["reprojections"]
+    reproj = sampler.log["rescues"]
     r_loop = _rate(sampler, pb, W0[:loop_chains], steps, loop_chains, False, args.device)
     mode = sampler.log["gradient_mode"]
     r_quot = _rate(sampler, pq, X0, steps, chains, True, args.device)

@@ -29,7 +29,7 @@ from _report import add_common_arguments, emit  # noqa: E402
 
 from thermanopt._backend import ArraySpec, matrix_transpose, namespace
 from thermanopt.manifolds._metric import apply_A
-from thermanopt.manifolds._svd import svd
+from thermanopt.manifolds import svd
 
 
 def literal_A(X, G, depth):

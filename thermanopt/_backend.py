@@ -337,3 +337,42 @@ def random_indices(n: int, size: int | None, like: Array, generator: Any) -> Arr
             return torch.randperm(n, generator=generator, device=like.device)
         return torch.randint(0, n, (size,), generator=generator, device=like.device)
     return generator.permutation(n) if size is None else generator.integers(0, n, size=size)
+
+
+# ---------------------------------------------------------------- caching and devices
+
+
+def copy(x: Array) -> Array:
+    """A copy of ``x`` (same type, device and dtype)."""
+    return x.clone() if is_torch(x) else np.array(x, copy=True)
+
+
+def content_key(x: Array) -> Any:
+    """A key that changes whenever ``x`` is modified (torch: version counter and storage;
+    NumPy: a copy of the contents)."""
+    return (x._version, x.data_ptr()) if is_torch(x) else np.array(x, copy=True)
+
+
+def same_content(x: Array, key: Any) -> bool:
+    """True when ``x`` still has the contents recorded by :func:`content_key`."""
+    if is_torch(x):
+        return key == (x._version, x.data_ptr())
+    return x.shape == key.shape and bool((x == key).all())
+
+
+def on_accelerator(x: Array) -> bool:
+    """True for a tensor on a device other than the CPU (host checks cost a sync there)."""
+    return is_torch(x) and x.device.type != "cpu"
+
+
+def vmap_gradient(fn: Any, example: Array) -> Any:
+    """``torch.func.vmap(torch.func.grad(fn))`` when it works on ``example[:1]``, else None
+    (NumPy arrays, or a function that torch.func cannot transform)."""
+    if not is_torch(example):
+        return None
+    try:
+        vg = torch.func.vmap(torch.func.grad(fn))
+        vg(example[:1])  # probe
+    except Exception:  # noqa: BLE001 - any failure: the caller loops over points
+        return None
+    return vg

@@ -184,8 +184,8 @@ def test_geoopt_rsgld_samples_the_free_energy_law_on_the_balanced_manifold():
     tests/optimizers/test_langevin.py).
     """
     from scipy import stats
-
     from test_langevin import _gaussian_start, _marginals  # same folder: on sys.path
+
     from thermanopt.manifolds import balanced_from, end_to_end
 
     N, chains, h, steps = 2, 1500, 0.01, 300

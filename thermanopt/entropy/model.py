@@ -10,7 +10,7 @@ Its derivatives follow from the chain rule through the manifold's own bundle map
 (:class:`~thermanopt.manifolds.DLNManifold`):
 
     nabla S(x)      = X^*(nabla S_N(X)),                       (end_to_end_adjoint)
-    Hess S(x)[v]    = X^*(D^2 S_N(X)[dX v]) + D_v[X^*](nabla S_N(X)),
+    Hess S(x) v     = X^*(D^2 S_N(X) dX v) + (D_v X^*)(nabla S_N(X)),
     grad S(x)       = euclidean_to_riemannian_gradient(x, nabla S(x)),
 
 so the same code serves both manifolds and any subclass. The Riemannian gradient on the
@@ -111,7 +111,7 @@ class EntropyModel:
         return self.maps.euclidean_to_riemannian_gradient(x, self.euclidean_gradient(x))
 
     def euclidean_hvp(self, x: Array, v: Array) -> Array:
-        """Hess S(x)[v] = X^*(D^2 S_N(X)[dX v]) + D_v[X^*](nabla S_N(X)) (exact)."""
+        """Hess S(x) v = X^*(D^2 S_N(X) dX v) + (D_v X^*)(nabla S_N(X)) (exact)."""
         m = self.maps
         X = m.end_to_end(x)
         G = dln_entropy_gradient(X, self.depth)

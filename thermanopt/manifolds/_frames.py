@@ -41,7 +41,7 @@ import math
 from functools import cached_property
 from typing import Any
 
-from .._backend import einsum, namespace
+from .._backend import einsum, eps, namespace, to_float
 from .._backend import matrix_transpose as _mT
 from ._svd import SVD, log_K, svd
 from .dln import balanced_from, end_to_end
@@ -256,9 +256,14 @@ def retract(W: Array, V: Array, signs: Array | None = None) -> Array:
         signs = layer_signs(W)
     Y = W + V
     Xn = end_to_end(Y)
-    finite = xp.all(xp.isfinite(Xn), axis=(-2, -1))  # overflow: keep W there, mark NaN below
-    Y = xp.where(finite[..., None, None, None], Y, W)
+    # overflow, or a (numerically) rank-deficient X': no frames exist there; compute at W
+    # instead and mark the entry NaN below, for the caller's rescue rule
+    finite = xp.all(xp.isfinite(Xn), axis=(-2, -1))
     f = svd(xp.where(finite[..., None, None], Xn, end_to_end(W)))
+    finite = finite & (f.s[..., -1] > 100 * f.s.shape[-1] * eps(Xn) * f.s[..., 0])
+    if not bool(to_float(xp.all(finite))):
+        f = svd(xp.where(finite[..., None, None], Xn, end_to_end(W)))
+    Y = xp.where(finite[..., None, None, None], Y, W)
     total = xp.prod(signs, axis=-1)
     det_sign, _ = xp.linalg.slogdet(f.U @ _mT(f.V))
     # det X' = det U det V prod s: reflect the smallest singular direction on a sign change

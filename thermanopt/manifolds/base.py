@@ -196,6 +196,7 @@ class DLNManifold(ThermanoptManifold):
         return self.retraction_second_order(point, tangent_vector)
 
     def retraction_second_order(self, point: Array, tangent_vector: Array) -> Array:
+        """A retraction that agrees with the geodesic to second order, global, component-safe."""
         raise NotImplementedError
 
     # -------------------------------------------------------------- the bundle

@@ -8,12 +8,12 @@ the end-to-end matrix (the observable; Menon & Yu, arXiv 2509.09088)
 With L_p = W[N-1] ... W[p+1] and R_p = W[p-1] ... W[0] (so X = L_p W[p] R_p):
 
 - differential:  dphi_W(V) = sum_p L_p V[p] R_p;
-- adjoint:       dphi_W^*(G)[p] = L_p^T G R_p^T  (the Euclidean gradient of f(phi(W)) when
+- adjoint:       (dphi_W^* G)_p = L_p^T G R_p^T  (the Euclidean gradient of f(phi(W)) when
   G = nabla f(X));
 - its derivative along V for fixed G:
-  D_V[dphi^*(G)][p] = dL_p^T G R_p^T + L_p^T G dR_p^T, with dL_p, dR_p the directional
+  (D_V dphi^* G)_p = dL_p^T G R_p^T + L_p^T G dR_p^T, with dL_p, dR_p the directional
   derivatives of the suffix and prefix products. The Euclidean Hessian of f o phi is then
-  Hess(f o phi)(W)[V] = dphi^*(Hess f(X)[dphi V]) + D_V[dphi^*(nabla f(X))].
+  Hess(f o phi)(W) V = dphi^*(Hess f(X) dphi V) + (D_V dphi^*)(nabla f(X)).
 
 A stack is balanced when W[p+1]^T W[p+1] = W[p] W[p]^T (p = 0..N-2); every balanced stack
 over X = U diag(s) V^T is W[p-1] = Q_p diag(s^(1/N)) Q_{p-1}^T with Q_0 = V, Q_N = U and
@@ -110,7 +110,7 @@ def end_to_end_differential(W: Array, V: Array) -> Array:
 
 
 def end_to_end_adjoint(W: Array, G: Array) -> Array:
-    """dphi_W^*(G)[p] = L_p^T G R_p^T: the gradient in W of f(phi(W)) for G = nabla f(X)."""
+    """(dphi_W^* G)_p = L_p^T G R_p^T: the gradient in W of f(phi(W)) for G = nabla f(X)."""
     _check_stack(W)
     xp = namespace(W, G)
     L, R = _prefix_suffix(W)
@@ -119,9 +119,9 @@ def end_to_end_adjoint(W: Array, G: Array) -> Array:
 
 
 def end_to_end_adjoint_derivative(W: Array, V: Array, G: Array) -> Array:
-    """D_V[dphi_W^*(G)]: derivative of the adjoint along V for fixed G.
+    """D_V dphi_W^* G: derivative of the adjoint along V for fixed G.
 
-    [p] = dL_p^T G R_p^T + L_p^T G dR_p^T, with dR_p = sum_{q<p} W[p-1]..V[q]..W[0] and
+    Layer p: dL_p^T G R_p^T + L_p^T G dR_p^T, with dR_p = sum_{q<p} W[p-1]..V[q]..W[0] and
     dL_p likewise (the product rule on the prefix and suffix products).
     """
     _check_stack(W)

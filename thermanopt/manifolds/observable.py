@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._backend import expm, is_torch, matrix_transpose, namespace, to_float
+from .._backend import content_key, copy, expm, matrix_transpose, namespace, same_content, to_float
 from . import _metric
 from ._frames import BalancedFrames
 from ._svd import svd
@@ -41,7 +41,7 @@ __all__ = ["ObservableQuotient"]
 
 
 def _copy(x: Array) -> Array:
-    return x.clone() if is_torch(x) else x.copy()
+    return copy(x)
 
 
 class ObservableQuotient(DLNManifold):
@@ -126,16 +126,11 @@ class ObservableQuotient(DLNManifold):
         NumPy: a stored copy), so in-place changes are seen.
         """
         cache = self._cache
-        if cache is not None and cache[0] is point:
-            if is_torch(point):
-                if cache[1] == (point._version, point.data_ptr()):
-                    return cache[2]
-            elif point.shape == cache[1].shape and bool((point == cache[1]).all()):
-                return cache[2]
+        if cache is not None and cache[0] is point and same_content(point, cache[1]):
+            return cache[2]
         self._check_shape(point, "point", batched=True)
         sp = _metric.Spectral(point, self.depth)
-        key = (point._version, point.data_ptr()) if is_torch(point) else point.copy()
-        self._cache = (point, key, sp)
+        self._cache = (point, content_key(point), sp)
         return sp
 
     # ------------------------------------------------------------------

@@ -52,7 +52,14 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import is_torch, make_generator, namespace, random_normal, spec_of
+from .._backend import (
+    make_generator,
+    namespace,
+    on_accelerator,
+    random_normal,
+    spec_of,
+    vmap_gradient,
+)
 from ..entropy.model import EntropyModel
 from ..manifolds import DLNManifold
 from ..manifolds.step import StepRule
@@ -77,18 +84,11 @@ class _BatchGradient:
         self.problem = problem
         self.mode = "batched" if batched_cost else "loop"
         self._vmapped = None
-        if not batched_cost and is_torch(example):
-            raw = _raw_function(problem)
-            if raw is not None:
-                import torch
-
-                try:
-                    vg = torch.func.vmap(torch.func.grad(raw))
-                    vg(example[:1])  # probe
-                    self._vmapped = vg
-                    self.mode = "vmap"
-                except Exception:  # noqa: BLE001 - any failure: fall back to the loop
-                    self._vmapped = None
+        raw = None if batched_cost else _raw_function(problem)
+        if raw is not None:
+            self._vmapped = vmap_gradient(raw, example)
+            if self._vmapped is not None:
+                self.mode = "vmap"
 
     def __call__(self, X: Array) -> Array:
         if self.mode == "batched":
@@ -193,7 +193,7 @@ class RiemannianLangevin:
         step = self._bundle_step if isinstance(manifold, DLNManifold) else self._generic_step
         entropy = self._entropy_drift(manifold)
         monitor = FiniteMonitor()
-        deferred = is_torch(X) and X.device.type != "cpu"
+        deferred = on_accelerator(X)
         self.log = {"steps": n_steps, "chains": n_chains, "gradient_mode": grad.mode}
         kept = []
         start = time.time()
