@@ -380,6 +380,41 @@ def test_entropic_force_matches_finite_differences():
     torch.testing.assert_close(F, -lr / 2 * Hg, rtol=1e-7, atol=1e-12)
 
 
+class LayerNormNet(nn.Module):
+    """A LayerNorm with its own weight and bias between two linear maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 5)
+        self.norm = nn.LayerNorm(5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.norm(self.inp(x))))
+
+
+def test_noise_force_through_layer_norm_matches_finite_differences():
+    """The per-sample (vmap) noise term differentiated through a LayerNorm (torch's
+    vmap-of-grad double backward of native_layer_norm is wrong; the composite form is not)."""
+    torch.manual_seed(2)
+    model = LayerNormNet().to(DT)
+    X, Y = data(8, 3, 2)
+    theta0 = parameters_to_vector(model.parameters()).detach().clone()
+    v = torch.randn(theta0.shape, generator=torch.Generator().manual_seed(3), dtype=DT)
+    force = entropic_force(model, mse, (X, Y), 0.3, batch_size=2)
+    F = torch.cat([f.reshape(-1) for f in force.values()])
+
+    def corr(th):
+        with torch.no_grad():
+            vector_to_parameters(th, model.parameters())
+            p = entropic_loss(model, mse, (X, Y), 0.3, batch_size=2)
+        return float(p.discretization + p.noise)
+
+    fd = (corr(theta0 + 1e-5 * v) - corr(theta0 - 1e-5 * v)) / 2e-5
+    vector_to_parameters(theta0, model.parameters())
+    assert float(-F @ v) == pytest.approx(fd, rel=1e-7, abs=1e-12)
+
+
 def rank1_model(d_in=4, d_out=2, seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d_in, 1, bias=False), nn.Linear(1, d_out, bias=False)).to(DT)

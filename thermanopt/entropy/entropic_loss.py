@@ -54,6 +54,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from thermanopt._backend import check_compatible, check_finite, namespace
@@ -116,6 +117,34 @@ def _math_attention(enabled: bool = True):
     ``vmap`` batching rule; the math kernel is built from differentiable, batchable ops.
     """
     return sdpa_kernel([SDPBackend.MATH]) if enabled else contextlib.nullcontext()
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """``F.layer_norm`` from elementary ops: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
+    dims = tuple(range(-len(normalized_shape), 0))
+    mean = input.mean(dims, keepdim=True)
+    centred = input - mean
+    var = (centred * centred).mean(dims, keepdim=True)
+    out = centred * torch.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+class _CompositeLayerNorm(TorchFunctionMode):
+    """Run ``F.layer_norm`` as :func:`_layer_norm` inside the context.
+
+    Differentiating ``vmap(grad(...))`` once more through ``native_layer_norm`` with a
+    per-sample gradient of the LayerNorm weight gives wrong second derivatives in torch
+    2.13 (the per-sample gradients themselves are right); the composite form is exact.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.layer_norm:
+            return _layer_norm(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 def _check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
@@ -432,6 +461,7 @@ def entropic_loss(
                 precond,
                 chunk_size,
                 validate,
+                differentiable,
             )
 
     if group is None:
@@ -683,7 +713,17 @@ def _functional_module(model: torch.nn.Module, params: Mapping[str, torch.Tensor
 
 
 def _vmap_centred_sum(
-    model, loss_fn, inputs, targets, params, g_local, loss, precond, chunk_size, validate
+    model,
+    loss_fn,
+    inputs,
+    targets,
+    params,
+    g_local,
+    loss,
+    precond,
+    chunk_size,
+    validate,
+    differentiable,
 ):
     """``sum_i ||g_i - g_local||_Lambda^2`` over this process's samples (torch.func)."""
     module, local_params = _functional_module(model, params)
@@ -710,7 +750,8 @@ def _vmap_centred_sum(
         gi, li = grad_and_value(sample_loss)(p, x, y)
         return sq_norm({k: gi[k] - centre[k] for k in gi}, precond), li
 
-    with torch.enable_grad(), _math_attention():
+    exact = _CompositeLayerNorm() if differentiable else contextlib.nullcontext()
+    with torch.enable_grad(), _math_attention(), exact:
         sq, losses = vmap(
             centred, in_dims=(None, 0, 0), randomness="different", chunk_size=chunk_size
         )(local_params, inputs, targets)
@@ -765,17 +806,33 @@ def entropic_force(
     ``A theta`` of an exponential symmetry it equals ``(lr/2) E_B[g_B^T A g_B]``, i.e.
     ``1/(2 lr)`` times the per-step drift of the charge ``theta^T A theta`` (note section
     2.0). Returned tensors are detached, with the parameters' shapes, dtypes and devices.
+
+    With ``process_group`` (see :func:`entropic_loss`) every rank returns the force of the
+    global batch: the per-rank gradients of the correction (each one rank's share, the
+    backward of the cross-rank sums included) are averaged with one ``all_reduce``.
     """
     params = _trainable(model)
+    group = resolve_process_group(kwargs.get("process_group"))
     with torch.enable_grad():
         parts = entropic_loss(model, loss_fn, batch, lr, **kwargs)
         correction = parts.discretization + parts.noise
         names = list(params)
         grads = torch.autograd.grad(correction, [params[k] for k in names], allow_unused=True)
-    return {
+    force = {
         k: (torch.zeros_like(params[k]) if gk is None else -gk.detach())
         for k, gk in zip(names, grads)
     }
+    if group is not None:
+        world = dist.get_world_size(group)
+        flat = torch.cat([force[k].reshape(-1) for k in names])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        flat = flat / world
+        force, start = {}, 0
+        for k in names:
+            p = params[k]
+            force[k] = flat[start : start + p.numel()].view_as(p)
+            start += p.numel()
+    return force
 
 
 # ---------------------------------------------------------------------------------------
