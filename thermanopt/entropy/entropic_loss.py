@@ -397,6 +397,98 @@ def entropic_loss(
                 "of an nn.Linear used once per forward, no BatchNorm in training mode and no "
                 "callable preconditioner"
             )
+    # Per-sample path (no ghost norms) without a fixed vmap chunk: one vmap'd pass gives the
+    # per-sample losses and gradients, hence L, g and the noise term, without a separate
+    # batch forward/backward. A DistributedDataParallel model keeps the batch pass when the
+    # result is differentiable (DDP averages the gradients of a backward that follows its
+    # own forward).
+    wrapped = _functional_module(model, params)[0] is not model
+    if b is not None and layers is None and chunk_size is None and not (wrapped and differentiable):
+        loss, g_local, second = _per_sample_pass(
+            model, loss_fn, inputs, targets, params, precond, validate, differentiable
+        )
+    else:
+        loss, g_local, second, layers = _batch_pass(
+            model,
+            loss_fn,
+            inputs,
+            targets,
+            params,
+            n,
+            b,
+            layers,
+            noise_method,
+            preconditioner,
+            precond,
+            chunk_size,
+            validate,
+            differentiable,
+        )
+
+    if group is None:
+        n_total: Any = n
+        data_loss, g = loss, g_local
+    else:
+        n_total, data_loss, g, second = _global_sums(
+            group, n, loss, g_local, second, centred=layers is None, precond=precond
+        )
+        if validate and b is not None and not replacement and b > int(n_total):
+            raise ValueError(
+                f"batch_size {b} exceeds the {int(n_total)} samples of the global batch "
+                "(sampling without replacement)"
+            )
+
+    if weight_decay:
+        decay = sum((p * p).sum() for p in params.values())
+        loss_gamma = data_loss + 0.5 * weight_decay * decay
+        g_gamma = {k: g[k] + weight_decay * params[k] for k in names}
+    else:
+        loss_gamma, g_gamma = data_loss, g
+    discretization = 0.25 * lr * _sq_norm(g_gamma, precond)
+    if b is None:
+        noise = torch.zeros_like(discretization)
+    else:
+        if layers is not None:  # sum_i ||g_i||^2 / N - ||g||^2
+            var = (second / n_total - _sq_norm(g, precond)).clamp_min(0.0) / b
+        else:
+            var = second / (n_total * b)
+        if not replacement:
+            if group is None:
+                var = var * ((n - b) / (n - 1) if n > 1 else 0.0)
+            else:
+                var = var * ((n_total - b) / (n_total - 1).clamp_min(1.0))
+        noise = 0.25 * lr * var
+    total = loss_gamma + discretization + noise
+    if not differentiable:
+        total, loss_gamma, discretization, noise = (
+            t.detach() for t in (total, loss_gamma, discretization, noise)
+        )
+    return EntropicLoss(total, loss_gamma, discretization, noise)
+
+
+def _batch_pass(
+    model,
+    loss_fn,
+    inputs,
+    targets,
+    params,
+    n,
+    b,
+    layers,
+    noise_method,
+    preconditioner,
+    precond,
+    chunk_size,
+    validate,
+    differentiable,
+):
+    """Loss, gradient and local second moment from one batch forward and backward.
+
+    The second moment is ``sum_i ||g_i||^2`` from ghost norms (``layers``) or
+    ``sum_i ||g_i - g_local||^2`` from per-sample gradients by vmap; ``layers`` is
+    returned as used (None when the ghost capture failed).
+    """
+    names = list(params)
     captured: dict[str, list] = {name: [] for name in layers or {}}
     hooks = [
         mod.register_forward_hook(
@@ -464,45 +556,49 @@ def entropic_loss(
                 differentiable,
             )
 
-    if group is None:
-        n_total: Any = n
-        data_loss, g = loss, g_local
-    else:
-        n_total, data_loss, g, second = _global_sums(
-            group, n, loss, g_local, second, centred=layers is None, precond=precond
-        )
-        if validate and b is not None and not replacement and b > int(n_total):
-            raise ValueError(
-                f"batch_size {b} exceeds the {int(n_total)} samples of the global batch "
-                "(sampling without replacement)"
-            )
+    return loss, g_local, second, layers
 
-    if weight_decay:
-        decay = sum((p * p).sum() for p in params.values())
-        loss_gamma = data_loss + 0.5 * weight_decay * decay
-        g_gamma = {k: g[k] + weight_decay * params[k] for k in names}
-    else:
-        loss_gamma, g_gamma = data_loss, g
-    discretization = 0.25 * lr * _sq_norm(g_gamma, precond)
-    if b is None:
-        noise = torch.zeros_like(discretization)
-    else:
-        if layers is not None:  # sum_i ||g_i||^2 / N - ||g||^2
-            var = (second / n_total - _sq_norm(g, precond)).clamp_min(0.0) / b
-        else:
-            var = second / (n_total * b)
-        if not replacement:
-            if group is None:
-                var = var * ((n - b) / (n - 1) if n > 1 else 0.0)
-            else:
-                var = var * ((n_total - b) / (n_total - 1).clamp_min(1.0))
-        noise = 0.25 * lr * var
-    total = loss_gamma + discretization + noise
-    if not differentiable:
-        total, loss_gamma, discretization, noise = (
-            t.detach() for t in (total, loss_gamma, discretization, noise)
-        )
-    return EntropicLoss(total, loss_gamma, discretization, noise)
+
+def _per_sample_pass(model, loss_fn, inputs, targets, params, precond, validate, differentiable):
+    """Loss, mean gradient and ``sum_i ||g_i - g||_Lambda^2`` from one vmap'd pass.
+
+    ``L = mean_i ell_i`` and ``g = mean_i g_i`` come from the same per-sample losses and
+    gradients as the noise term (``torch.func.vmap`` of ``grad_and_value``), so no batch
+    forward/backward is needed; with ``validate`` one batch forward without autograd checks
+    that ``loss_fn`` is the mean of the per-sample losses.
+    """
+    module, local_params = _functional_module(model, params)
+    key = dict(zip(params, local_params))  # caller's name -> module's name
+    frozen = {k: v for k, v in module.named_parameters() if k not in local_params}
+    frozen.update(dict(module.named_buffers()))
+
+    def sample_loss(p, x, y):
+        x1 = tree_map(lambda t: t.unsqueeze(0), x)
+        y1 = tree_map(lambda t: t.unsqueeze(0), y)
+        out = functional_call(module, {**frozen, **p}, (x1,))
+        loss = loss_fn(out, y1)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
+        return loss.reshape(())
+
+    exact = _CompositeLayerNorm() if differentiable else contextlib.nullcontext()
+    with torch.enable_grad(), _math_attention(), exact:
+        per_grads, losses = vmap(
+            grad_and_value(sample_loss), in_dims=(None, 0, 0), randomness="different"
+        )(local_params, inputs, targets)
+    loss = losses.mean()
+    grads = {k: per_grads[key[k]] for k in params}
+    g = {k: v.mean(0) for k, v in grads.items()}
+    diff = {k: grads[k] - g[k] for k in params}
+    sq = vmap(lambda d: _sq_norm(d, precond))(diff)
+    if validate:
+        check_finite(loss.detach(), "loss")
+        with torch.no_grad():
+            batch_loss = loss_fn(model(inputs), targets)
+        if not isinstance(batch_loss, torch.Tensor) or batch_loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
+        _check_mean(batch_loss.reshape(()), loss.detach(), "from single samples")
+    return loss, g, sq.sum()
 
 
 # ---------------------------------------------------------------------------------------
