@@ -15,8 +15,11 @@ Baseline: ``loss_fn(model(x), y).backward()``. Rows (ratio = time / baseline):
 Before/after in one run: ``--before REV`` (default ``e69e220``, the state before issue 12)
 loads ``thermanopt/entropy/entropic_loss.py`` of that git revision as a separate module and
 times it beside the current one, round-robin over the same inputs; the ``before`` column is
-that version's ratio. Times are the minimum over repeats (robust on a shared machine).
-``--no-before`` skips it (no git needed).
+that version's ratio. Each round times the baseline, "after" and "before" back to back;
+a ratio is the median over rounds of the per-round ratios (robust to the drifting load
+of a shared machine) and ``time`` the minimum. Times are CPU time of the process on the
+CPU (``--wall``: wall clock) and wall clock on CUDA. ``--no-before`` skips the old
+version (no git needed).
 
 Usage: python benchmarks/bench_entropic_loss.py [--quick] [--device cuda] [--json PATH]
        [--threads N] [--repeats R] [--before REV | --no-before]
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,19 +48,31 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _time_all(fns, device, repeats):
-    """Minimum time of each function, timed round-robin (one warm-up each)."""
+def _time_all(fns, device, repeats, clock=None):
+    """Per-round times of each function, timed round-robin (one warm-up each).
+
+    ``clock`` defaults to the process's CPU time on the CPU (insensitive to the other
+    processes of a shared machine; with one torch thread it equals the busy wall time)
+    and to the wall clock on CUDA.
+    """
+    if clock is None:
+        clock = time.perf_counter if str(device).startswith("cuda") else time.process_time
     for fn in fns.values():
         fn()
     _sync(device)
-    times = {k: float("inf") for k in fns}
+    times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t = time.perf_counter()
+            t = clock()
             fn()
             _sync(device)
-            times[k] = min(times[k], time.perf_counter() - t)
+            times[k].append(clock() - t)
     return times
+
+
+def _ratio(times, key, base="base"):
+    """Median over rounds of ``times[key] / times[base]``."""
+    return statistics.median(a / b for a, b in zip(times[key], times[base]))
 
 
 def load_before(rev: str):
@@ -115,7 +131,7 @@ def transformer(quick: bool) -> tuple[nn.Module, int, tuple[int, ...]]:
     return model, (8 if quick else 32), ((16 if quick else 32), 16)
 
 
-def bench(name, factory, quick, device, repeats, before=None, batch_size=8):
+def bench(name, factory, quick, device, repeats, before=None, batch_size=8, clock=None):
     model, n, shape = factory(quick)
     model = model.to(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -163,19 +179,19 @@ def bench(name, factory, quick, device, repeats, before=None, batch_size=8):
         if before is not None:
             fns["before"] = make(before, bs, **kw)
         try:
-            t = _time_all(fns, device, repeats)
+            t = _time_all(fns, device, repeats, clock)
         except RuntimeError as exc:  # e.g. out of memory for per-sample gradients
             print(f"{name} {label}: failed ({str(exc).splitlines()[0]})")
             continue
         note = f"target <= {target}x"
         if "before" in t:
-            note = f"before {t['before'] / t['base']:.2f}x; " + note
+            note = f"before {_ratio(t, 'before'):.2f}x; " + note
         rows.append(
             {
                 "benchmark": f"{name}: {label}",
                 "size": size,
-                "time_s": t["after"],
-                "ratio": t["after"] / t["base"],
+                "time_s": min(t["after"]),
+                "ratio": _ratio(t, "after"),
                 "note": note,
             }
         )
@@ -188,6 +204,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--before", default="e69e220", help="git revision of 'before'")
     parser.add_argument("--no-before", action="store_true", help="skip the 'before' timing")
+    parser.add_argument("--wall", action="store_true", help="wall clock instead of CPU time")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,8 +212,9 @@ def main(argv=None):
     before = None if args.no_before else load_before(args.before)
     rows = []
     for name, factory in (("mlp", mlp), ("transformer", transformer)):
-        rows += bench(name, factory, args.quick, args.device, repeats, before)
-    title = f"entropic_loss cost on {args.device} (min of {repeats}; ratio = time / fwd+bwd)"
+        clock = time.perf_counter if args.wall else None
+        rows += bench(name, factory, args.quick, args.device, repeats, before, clock=clock)
+    title = f"entropic_loss on {args.device}: ratio = time / fwd+bwd (median of {repeats} rounds)"
     emit(rows, args.json, title=title)
     return rows
 
