@@ -941,3 +941,43 @@ def test_charge_step_torch_and_errors():
         conserved_quantity_step(theta[:2], A, 0.1, g)
     with pytest.raises(ValueError, match="lr"):
         predicted_next(C, A, g, -0.1)
+
+
+@pytest.mark.parametrize("method", ["ghost", "vmap"])
+def test_validate_false_makes_no_host_synchronisation(monkeypatch, method):
+    """With validate=False no tensor is turned into a Python number inside the call."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT)
+    X, Y = data(8, 3, 2)
+    ref = entropic_loss(model, mse, (X, Y), 0.1, batch_size=2, weight_decay=0.01)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronisation inside entropic_loss")
+
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    out = entropic_loss(
+        model,
+        mse,
+        (X, Y),
+        0.1,
+        batch_size=2,
+        weight_decay=0.01,
+        noise_method=method,
+        validate=False,
+        replacement=False,
+    )
+    out.total.backward()
+    monkeypatch.undo()
+    ref_nr = entropic_loss(
+        model,
+        mse,
+        (X, Y),
+        0.1,
+        batch_size=2,
+        weight_decay=0.01,
+        noise_method=method,
+        replacement=False,
+    )
+    torch.testing.assert_close(out.total, ref_nr.total, rtol=1e-12, atol=0)
+    assert float(ref.total) != float(ref_nr.total)
