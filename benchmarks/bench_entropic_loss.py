@@ -22,7 +22,8 @@ CPU (``--wall``: wall clock) and wall clock on CUDA. ``--no-before`` skips the o
 version (no git needed).
 
 Usage: python benchmarks/bench_entropic_loss.py [--quick] [--device cuda] [--json PATH]
-       [--threads N] [--repeats R] [--before REV | --no-before]
+       [--threads N] [--repeats R] [--before REV | --no-before] [--wall]
+       [--models mlp,transformer]
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ def main(argv=None):
     parser.add_argument("--before", default="e69e220", help="git revision of 'before'")
     parser.add_argument("--no-before", action="store_true", help="skip the 'before' timing")
     parser.add_argument("--wall", action="store_true", help="wall clock instead of CPU time")
+    parser.add_argument("--models", default="mlp,transformer", help="comma-separated subset")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,6 +214,8 @@ def main(argv=None):
     before = None if args.no_before else load_before(args.before)
     rows = []
     for name, factory in (("mlp", mlp), ("transformer", transformer)):
+        if name not in args.models.split(","):
+            continue
         clock = time.perf_counter if args.wall else None
         rows += bench(name, factory, args.quick, args.device, repeats, before, clock=clock)
     title = f"entropic_loss on {args.device}: ratio = time / fwd+bwd (median of {repeats} rounds)"

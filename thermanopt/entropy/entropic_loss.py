@@ -367,7 +367,11 @@ def entropic_loss(
         Minibatches drawn with (default) or without replacement.
     chunk_size
         Passed to ``vmap`` for the per-sample gradients: bounds memory (per-sample gradients
-        of ``chunk_size`` samples at a time) at some cost in speed.
+        of ``chunk_size`` samples at a time) at some cost in speed. Without it (or with
+        ``chunk_size >= N``) one vmap'd pass gives the loss, the gradient and the noise
+        term together (all ``N`` per-sample gradients in memory at once); with it, one
+        batch forward/backward gives the loss and gradient and the chunks only the
+        centred second moment.
     noise_method
         ``"vmap"``: per-sample gradients by ``torch.func`` (any model whose samples are
         independent). ``"ghost"``: models whose trainable parameters all belong to
@@ -429,13 +433,14 @@ def entropic_loss(
                 "of an nn.Linear used once per forward, no BatchNorm in training mode and no "
                 "callable preconditioner"
             )
-    # Per-sample path (no ghost norms) without a fixed vmap chunk: one vmap'd pass gives the
+    # Per-sample path (no ghost norms) in one chunk: one vmap'd pass gives the
     # per-sample losses and gradients, hence L, g and the noise term, without a separate
     # batch forward/backward. A DistributedDataParallel model keeps the batch pass when the
     # result is differentiable (DDP averages the gradients of a backward that follows its
     # own forward).
     wrapped = _functional_module(model, params)[0] is not model
-    if b is not None and layers is None and chunk_size is None and not (wrapped and differentiable):
+    one_chunk = chunk_size is None or chunk_size >= n
+    if b is not None and layers is None and one_chunk and not (wrapped and differentiable):
         loss, g_local, second = _per_sample_pass(
             model, loss_fn, inputs, targets, params, precond, validate, differentiable
         )
