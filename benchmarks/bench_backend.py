@@ -19,12 +19,17 @@ Problem: leading eigenvector of a symmetric n x n matrix on the sphere
 - stock: Pymanopt's own NumPy/autograd path on the same problem, so
   ``stock/ours`` is the speed-up (target >= 10 at n = 1024 on CUDA).
 
+Ratios are medians over rounds of paired timings (ours, hand and naive back to back in
+each round), in CPU time of the process on the CPU and wall clock on CUDA.
+
 Usage: python benchmarks/bench_backend.py [--quick] [--device cuda] [--dtype float64]
+       [--threads N] [--rounds R]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -172,8 +177,31 @@ def timed(fn, device, repeat=3):
     return best, out
 
 
-def bench_size(n, iters, device, dtype):
-    """Rows (solver, n, s/iter, ours/hand, stock/ours) for one size."""
+def paired(fns, device, rounds):
+    """Per-round times of each function, run back to back in every round.
+
+    CPU time of the process on the CPU (insensitive to other processes on a shared
+    machine; one torch thread), wall clock on CUDA.
+    """
+    clock = time.perf_counter if str(device).startswith("cuda") else time.process_time
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = clock()
+            fn()
+            _sync(device)
+            times[k].append(clock() - t0)
+    return times
+
+
+def ratio(times, a, b):
+    """Median over rounds of ``times[a] / times[b]``."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
+def bench_size(n, iters, device, dtype, rounds=5):
+    """Rows (solver, n, s/iter, ours/hand, ours/naive, stock/ours) for one size."""
     rng = np.random.default_rng(0)
     B = rng.standard_normal((n, n))
     A_np = (B + B.T) / 2
@@ -191,50 +219,63 @@ def bench_size(n, iters, device, dtype):
         opt = SteepestDescent(verbosity=0, max_iterations=iters, min_gradient_norm=0)
         return opt.run(stock_problem(A_np, n), initial_point=x0_np)
 
-    t_ours, res = timed(sd_ours, device)
-    it = max(int(res.iterations), 1)
-    t_hand, _ = timed(lambda: hand_sd(A, x0, it), device)
-    t_naive, _ = timed(lambda: hand_sd(A, x0, it, reuse=False), device)
-    t_ours = min(t_ours, timed(sd_ours, device)[0])
-    t_stock, res_s = timed(sd_stock, "cpu")
+    it = max(int(sd_ours().iterations), 1)
+    t = paired(
+        {
+            "ours": sd_ours,
+            "hand": lambda: hand_sd(A, x0, it),
+            "naive": lambda: hand_sd(A, x0, it, reuse=False),
+        },
+        device,
+        rounds,
+    )
+    t_stock, res_s = timed(sd_stock, "cpu", repeat=2)
     per_stock = t_stock / max(int(res_s.iterations), 1)
+    per_ours = min(t["ours"]) / it
     rows.append(
         (
             "SteepestDescent",
             n,
-            t_ours / it,
-            t_ours / t_hand,
-            t_ours / t_naive,
-            per_stock / (t_ours / it),
+            per_ours,
+            ratio(t, "ours", "hand"),
+            ratio(t, "ours", "naive"),
+            per_stock / per_ours,
         )
     )
 
     counter = Counter()
+    tr_iters = max(iters // 5, 3)
 
     def tr_ours():
         counter.__init__()
-        opt = TrustRegions(verbosity=0, max_iterations=max(iters // 5, 3), min_gradient_norm=0)
+        opt = TrustRegions(verbosity=0, max_iterations=tr_iters, min_gradient_norm=0)
         return opt.run(torch_problem(A, manifold, counter), initial_point=x0)
 
     def tr_stock():
-        opt = TrustRegions(verbosity=0, max_iterations=max(iters // 5, 3), min_gradient_norm=0)
+        opt = TrustRegions(verbosity=0, max_iterations=tr_iters, min_gradient_norm=0)
         return opt.run(stock_problem(A_np, n), initial_point=x0_np)
 
-    t_ours, res = timed(tr_ours, device, repeat=3)
-    it = max(int(res.iterations), 1)
-    t_hand, _ = timed(lambda: hand_tr(A, x0, counter, it), device, repeat=3)
-    t_naive, _ = timed(lambda: hand_counted(A, x0, counter, it), device, repeat=3)
-    t_ours = min(t_ours, timed(tr_ours, device, repeat=3)[0])
+    it = max(int(tr_ours().iterations), 1)
+    t = paired(
+        {
+            "ours": tr_ours,
+            "hand": lambda: hand_tr(A, x0, counter, it),
+            "naive": lambda: hand_counted(A, x0, counter, it),
+        },
+        device,
+        rounds,
+    )
     t_stock, res_s = timed(tr_stock, "cpu", repeat=2)
     per_stock = t_stock / max(int(res_s.iterations), 1)
+    per_ours = min(t["ours"]) / it
     rows.append(
         (
             "TrustRegions",
             n,
-            t_ours / it,
-            t_ours / t_hand,
-            t_ours / t_naive,
-            per_stock / (t_ours / it),
+            per_ours,
+            ratio(t, "ours", "hand"),
+            ratio(t, "ours", "naive"),
+            per_stock / per_ours,
         )
     )
     return rows
@@ -244,6 +285,7 @@ def main(argv=None):
     parser = add_common_arguments(argparse.ArgumentParser(description=__doc__))
     parser.add_argument("--dtype", default="float64")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--rounds", type=int, default=5, help="paired timing rounds")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -252,7 +294,7 @@ def main(argv=None):
     rows = []
     for n in sizes:
         for name, size, t, r_hand, r_naive, r_stock in bench_size(
-            n, iters, args.device, args.dtype
+            n, iters, args.device, args.dtype, args.rounds
         ):
             rows.append(
                 {
