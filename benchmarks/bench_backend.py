@@ -9,11 +9,11 @@ Problem: leading eigenvector of a symmetric n x n matrix on the sphere
   (one evaluation per point): for SteepestDescent the same Armijo backtracking with
   the same constants, the cost of the accepted trial point reused as the next
   iterate's cost; for TrustRegions, per iteration one forward and one
-  ``create_graph`` backward at the iterate, then the same number of
-  Hessian-vector products the solver asked for (one backward each, graph
-  retained), the tCG inner products, one retraction and one cost at the
-  candidate. ``ours/hand`` is the overhead of Pymanopt's machinery plus our
-  backend (target <= 1.1 at n >= 256);
+  ``create_graph`` backward at the iterate, then a truncated conjugate gradient
+  with the same number of Hessian-vector products the solver asked for (one
+  backward each, graph retained) and its inner products and updates, one
+  retraction and one cost at the candidate. ``ours/hand`` is the overhead of
+  Pymanopt's machinery plus our backend (target <= 1.1 at n >= 256);
 - naive: the same loops evaluating every request from scratch (what the backend
   did before it kept the last point's evaluation), ``ours/naive``;
 - stock: Pymanopt's own NumPy/autograd path on the same problem, so
@@ -120,20 +120,40 @@ def hand_sd(A, x, iterations, reuse=True):
 
 
 def hand_tr(A, x, counter, iterations):
-    """A TrustRegions-like loop done by hand the efficient way (one graph per iterate)."""
-    u = torch.randn_like(x)
-    u = u - (x @ u) * x
+    """TrustRegions' maths by hand, the efficient way (one gradient graph per iterate).
+
+    Per iteration: one forward and one ``create_graph`` backward at the iterate, the
+    Riemannian gradient and its norm, then a truncated conjugate gradient (Steihaug-Toint)
+    with the number of Hessian-vector products the solver made per iteration (each one
+    VJP of the retained gradient, turned into the sphere's Riemannian Hessian), its
+    inner products and vector updates, then one retraction, the cost at the candidate and
+    the model decrease.
+    """
     per_iter = max(counter.hess // max(iterations, 1), 1)
     for _ in range(iterations):
         xg = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(-(xg @ A @ xg), xg, create_graph=True)
-        float(torch.linalg.vector_norm(g.detach() - (x @ g.detach()) * x))
+        (eg,) = torch.autograd.grad(-(xg @ A @ xg), xg, create_graph=True)
+        egrad = eg.detach()
+        xeg = x @ egrad
+        grad = egrad - xeg * x
+        float(torch.linalg.vector_norm(grad))
+        r, eta = grad, torch.zeros_like(x)
+        delta, zr = -r, float(r @ r)
         for _ in range(per_iter):
-            (h,) = torch.autograd.grad(g, xg, grad_outputs=u, retain_graph=True)
-            float(u @ (h - (x @ h) * x))  # the inner products tCG logs
-        y = x + 0.1 * u
+            (eh,) = torch.autograd.grad(eg, xg, grad_outputs=delta, retain_graph=True)
+            hd = eh - (x @ eh) * x - xeg * delta  # Riemannian Hessian on the sphere
+            d_hd = float(delta @ hd)
+            alpha = zr / d_hd if d_hd else 0.0
+            eta = eta + alpha * delta
+            r = r + alpha * hd
+            r = r - (x @ r) * x
+            zr_new = float(r @ r)
+            beta, zr = (zr_new / zr if zr else 0.0), zr_new
+            delta = -r + beta * delta
+        y = x + eta
         y = y / torch.linalg.vector_norm(y)
         float(-(y @ A @ y))
+        float(eta @ grad)  # model decrease
 
 
 def hand_counted(A, x, counter, iterations):

@@ -25,10 +25,11 @@ Gradients and Hessian-vector products stay on the device of the point.
 accepted trial point comes back as the next iterate. The backend keeps the evaluation of
 the last point it saw (the point objects themselves, checked by identity and by
 ``Tensor._version`` so that an in-place change is noticed): a cost already computed is
-returned without recomputation, a gradient reuses nothing but gives the cost for free,
+returned without recomputation, a gradient gives the cost for free, and the gradient
 and all Hessian-vector products at one point share one forward and one
-``create_graph`` backward (each product is then one vector-Jacobian product of the
-gradient with ``u``, through the retained graph).
+``create_graph`` backward; each product is then one vector-Jacobian product of the
+gradient with ``u`` through the retained graph (a gradient keeps its graph once the
+solver has asked for a Hessian-vector product).
 The cost must therefore be a deterministic function of its arguments, as Pymanopt
 assumes anyway.
 
@@ -114,12 +115,31 @@ class _PointCache:
             self.args, self.versions = tuple(args), versions
             self.clear()
         elif self.grads is not None and self.grad_versions != tuple(g._version for g in self.grads):
-            self.grads = None  # a caller modified a returned gradient in place
+            # a caller modified a returned gradient in place (it may share storage with
+            # the kept graph's gradient): start this point again, keeping only the cost
+            value = self.value
+            self.clear()
+            self.value = value
         return self
 
     def set_grads(self, grads: list) -> None:
         self.grads = grads
         self.grad_versions = tuple(g._version for g in grads)
+
+
+def _detach(g):
+    return None if g is None else g.detach()
+
+
+def _build_graph(known: _PointCache, function: Callable, points: Sequence) -> None:
+    """One forward and one ``create_graph`` backward at ``points``, kept in ``known``."""
+    xs = [p.detach().requires_grad_(True) for p in points]
+    with _torch.enable_grad():
+        value = _as_scalar_tensor(function(*xs), function.__name__)
+        known.graph_grads = _torch.autograd.grad(value, xs, create_graph=True, allow_unused=True)
+    known.xs = xs
+    if known.value is None:
+        known.value = value.detach()
 
 
 class TorchBackend(Backend):
@@ -128,6 +148,9 @@ class TorchBackend(Backend):
     def __init__(self) -> None:
         super().__init__("thermanopt-torch")
         self._caches: dict[int, tuple[Callable, _PointCache]] = {}
+        # once a Hessian-vector product was asked for, gradients keep their graph (the
+        # products at that point will reuse it instead of a second forward/backward)
+        self._second_order = False
 
     @staticmethod
     def is_available() -> bool:
@@ -163,8 +186,10 @@ class TorchBackend(Backend):
             _require_tensors(args, "gradient")
             known = cache.at(args)
             if known.grads is None:
+                if known.graph_grads is None and self._second_order:
+                    _build_graph(known, function, args)  # Hessian products will follow
                 if known.graph_grads is not None:  # from a Hessian-vector product here
-                    grads = [g.detach() for g in known.graph_grads]
+                    grads = _zeros_for_unused(known.xs, [_detach(g) for g in known.graph_grads])
                 else:
                     xs = [a.detach().requires_grad_(True) for a in args]
                     with _torch.enable_grad():
@@ -188,16 +213,9 @@ class TorchBackend(Backend):
             _require_tensors(args, "Hessian")
             points, vectors = bisect_sequence(list(args))
             known = cache.at(points)
+            self._second_order = True
             if known.xs is None:  # one forward and one create_graph backward per point
-                xs = [p.detach().requires_grad_(True) for p in points]
-                with _torch.enable_grad():
-                    value = _as_scalar_tensor(function(*xs), function.__name__)
-                    known.graph_grads = _torch.autograd.grad(
-                        value, xs, create_graph=True, allow_unused=True
-                    )
-                known.xs = xs
-                if known.value is None:
-                    known.value = value.detach()
+                _build_graph(known, function, points)
             xs, grads = known.xs, known.graph_grads
             # H u as the vector-Jacobian product of the gradient with u (H is symmetric):
             # one backward through the retained graph, no inner product to differentiate
