@@ -6,20 +6,35 @@ Baseline: ``loss_fn(model(x), y).backward()``. Rows (ratio = time / baseline):
 
 - ``gd value``: ``entropic_loss`` under ``torch.no_grad()`` (GD term: one forward, one
   backward);
-- ``gd train``: ``entropic_loss(...).total.backward()`` (double backward), target <= 3;
+- ``gd train``: ``entropic_loss(...).total.backward()`` (double backward), target <= 2.5;
 - ``sgd value`` / ``sgd train``: the same with the per-sample noise term
-  (``batch_size=8``), target <= 6; the MLP (all ``nn.Linear``) gets ghost norms by default,
+  (``batch_size=8``), target <= 4; the MLP (all ``nn.Linear``) gets ghost norms by default,
   the transformer per-sample gradients by ``torch.func.vmap``; the ``(vmap)`` rows force
   the generic vmap path on the MLP (``chunk_size=16``).
 
+Before/after in one run: ``--before REV`` (default ``e69e220``, the state before issue 12)
+loads ``thermanopt/entropy/entropic_loss.py`` of that git revision as a separate module and
+times it beside the current one, round-robin over the same inputs; the ``before`` column is
+that version's ratio. Each round times the baseline, "after" and "before" back to back;
+a ratio is the median over rounds of the per-round ratios (robust to the drifting load
+of a shared machine) and ``time`` the minimum. Times are CPU time of the process on the
+CPU (``--wall``: wall clock) and wall clock on CUDA. ``--no-before`` skips the old
+version (no git needed).
+
 Usage: python benchmarks/bench_entropic_loss.py [--quick] [--device cuda] [--json PATH]
-       [--threads N] [--repeats R]
+       [--threads N] [--repeats R] [--before REV | --no-before] [--wall]
+       [--models mlp,transformer]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -34,16 +49,54 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _time(fn, device, repeats):
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def _time_all(fns, device, repeats, clock=None):
+    """Per-round times of each function, timed round-robin (one warm-up each).
+
+    ``clock`` defaults to the process's CPU time on the CPU (insensitive to the other
+    processes of a shared machine; with one torch thread it equals the busy wall time)
+    and to the wall clock on CUDA.
+    """
+    if clock is None:
+        clock = time.perf_counter if str(device).startswith("cuda") else time.process_time
+    for fn in fns.values():
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    _sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = clock()
+            fn()
+            _sync(device)
+            times[k].append(clock() - t)
+    return times
+
+
+def _ratio(times, key, base="base"):
+    """Median over rounds of ``times[key] / times[base]``."""
+    return statistics.median(a / b for a, b in zip(times[key], times[base]))
+
+
+def load_before(rev: str):
+    """``entropic_loss`` of git revision ``rev`` (None if git or the revision is missing)."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    try:
+        src = subprocess.run(
+            ["git", "show", f"{rev}:thermanopt/entropy/entropic_loss.py"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        print(f"(no 'before' column: git show {rev} failed)")
+        return None
+    path = pathlib.Path(tempfile.mkdtemp()) / "entropic_loss_before.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("entropic_loss_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.entropic_loss
 
 
 def mlp(quick: bool) -> tuple[nn.Module, int, tuple[int, ...]]:
@@ -79,7 +132,7 @@ def transformer(quick: bool) -> tuple[nn.Module, int, tuple[int, ...]]:
     return model, (8 if quick else 32), ((16 if quick else 32), 16)
 
 
-def bench(name, factory, quick, device, repeats, batch_size=8):
+def bench(name, factory, quick, device, repeats, before=None, batch_size=8, clock=None):
     model, n, shape = factory(quick)
     model = model.to(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -93,56 +146,54 @@ def bench(name, factory, quick, device, repeats, batch_size=8):
         model.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
 
-    def value(bs, **kw):
+    def value(fn, bs, **kw):
         def run():
             with torch.no_grad():
-                entropic_loss(model, loss_fn, (x, y), lr, batch_size=bs, **kw)
+                fn(model, loss_fn, (x, y), lr, batch_size=bs, **kw)
 
         return run
 
-    def train(bs, **kw):
+    def train(fn, bs, **kw):
         def run():
             model.zero_grad(set_to_none=True)
-            entropic_loss(model, loss_fn, (x, y), lr, batch_size=bs, **kw).total.backward()
+            fn(model, loss_fn, (x, y), lr, batch_size=bs, **kw).total.backward()
 
         return run
 
-    t_base = _time(base, device, repeats)
-    size = f"{n_params / 1e6:.1f}M x {n}"
-    rows = [
-        {
-            "benchmark": f"{name}: fwd+bwd",
-            "size": size,
-            "time_s": t_base,
-            "ratio": 1.0,
-            "note": "baseline",
-        }
-    ]
     cases = [
-        ("gd value", value(None), 3),
-        ("gd train", train(None), 3),
-        ("sgd value", value(batch_size), 6),
-        ("sgd train", train(batch_size), 6),
+        ("gd value", None, {}, False, 2),
+        ("gd train", None, {}, True, 2.5),
+        ("sgd value", batch_size, {}, False, 4),
+        ("sgd train", batch_size, {}, True, 4),
     ]
     if name == "mlp":  # all-Linear model: "auto" uses ghost norms; show the generic path too
         vm = {"noise_method": "vmap", "chunk_size": 16}
         cases += [
-            ("sgd value (vmap)", value(batch_size, **vm), 6),
-            ("sgd train (vmap)", train(batch_size, **vm), 6),
+            ("sgd value (vmap)", batch_size, vm, False, 4),
+            ("sgd train (vmap)", batch_size, vm, True, 4),
         ]
-    for label, fn, target in cases:
+    size = f"{n_params / 1e6:.1f}M x {n}"
+    rows = []
+    for label, bs, kw, is_train, target in cases:
+        make = train if is_train else value
+        fns = {"base": base, "after": make(entropic_loss, bs, **kw)}
+        if before is not None:
+            fns["before"] = make(before, bs, **kw)
         try:
-            t = _time(fn, device, repeats)
+            t = _time_all(fns, device, repeats, clock)
         except RuntimeError as exc:  # e.g. out of memory for per-sample gradients
             print(f"{name} {label}: failed ({str(exc).splitlines()[0]})")
             continue
+        note = f"target <= {target}x"
+        if "before" in t:
+            note = f"before {_ratio(t, 'before'):.2f}x; " + note
         rows.append(
             {
                 "benchmark": f"{name}: {label}",
                 "size": size,
-                "time_s": t,
-                "ratio": t / t_base,
-                "note": f"target <= {target}x",
+                "time_s": min(t["after"]),
+                "ratio": _ratio(t, "after"),
+                "note": note,
             }
         )
     return rows
@@ -152,14 +203,23 @@ def main(argv=None):
     parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--before", default="e69e220", help="git revision of 'before'")
+    parser.add_argument("--no-before", action="store_true", help="skip the 'before' timing")
+    parser.add_argument("--wall", action="store_true", help="wall clock instead of CPU time")
+    parser.add_argument("--models", default="mlp,transformer", help="comma-separated subset")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 10)
+    repeats = args.repeats or (5 if args.quick else 10)
+    before = None if args.no_before else load_before(args.before)
     rows = []
     for name, factory in (("mlp", mlp), ("transformer", transformer)):
-        rows += bench(name, factory, args.quick, args.device, repeats)
-    emit(rows, args.json, title=f"entropic_loss cost on {args.device} (median of {repeats})")
+        if name not in args.models.split(","):
+            continue
+        clock = time.perf_counter if args.wall else None
+        rows += bench(name, factory, args.quick, args.device, repeats, before, clock=clock)
+    title = f"entropic_loss on {args.device}: ratio = time / fwd+bwd (median of {repeats} rounds)"
+    emit(rows, args.json, title=title)
     return rows
 
 

@@ -124,6 +124,42 @@ def test_multiple_arguments_and_unused_argument():
     assert torch.count_nonzero(hy) == 0
 
 
+def test_one_evaluation_per_point_and_in_place_changes_are_noticed():
+    """Cost, gradient and Hessian-vector products at one point share one evaluation; a
+    new point, or an in-place change of the point or of a returned gradient, recomputes."""
+    manifold = Sphere(N, backend="torch")
+    At = torch.as_tensor(_matrix(3))
+    calls = {"n": 0}
+
+    @thermanopt.function.torch(manifold)
+    def cost(x):
+        calls["n"] += 1
+        return -x @ At @ x
+
+    grad, hess = cost.get_gradient_operator(), cost.get_hessian_operator()
+    x = manifold.random_point(generator=0)
+    us = [manifold.random_tangent_vector(x, generator=k) for k in range(4)]
+    for u in us:
+        torch.testing.assert_close(hess(x, u), -2 * At @ u)
+    assert calls["n"] == 1  # one forward + create_graph backward for all products
+    torch.testing.assert_close(grad(x), -2 * At @ x)
+    assert cost(x) == pytest.approx(float(-x @ At @ x))
+    assert calls["n"] == 1  # gradient and cost from the same graph
+    y = manifold.random_point(generator=5)
+    cost(y)
+    g = grad(y)
+    assert calls["n"] == 3  # cost (no graph), then the gradient's forward
+    cost(y)
+    assert calls["n"] == 3
+    g.mul_(0.0)  # a caller modifies the returned gradient in place
+    torch.testing.assert_close(grad(y), -2 * At @ y)
+    with torch.no_grad():
+        y.mul_(-1.0)  # the point itself changes in place
+    assert cost(y) == pytest.approx(float(-y @ At @ y))
+    torch.testing.assert_close(grad(y), -2 * At @ y)
+    torch.testing.assert_close(hess(y, us[0]), -2 * At @ us[0])
+
+
 def test_numpy_point_gives_clear_error():
     manifold = Sphere(N)
 

@@ -50,8 +50,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from thermanopt._backend import check_compatible, check_finite, namespace
@@ -67,9 +70,11 @@ __all__ = [
     "layer_balance",
     "layer_balance_next",
     "adam_preconditioner",
+    "resolve_process_group",
 ]
 
 Preconditioner = float | Mapping[str, torch.Tensor] | Callable[[dict], dict] | None
+ProcessGroupArg = Any  # None | "auto" | torch.distributed.ProcessGroup
 
 
 class EntropicLoss(NamedTuple):
@@ -112,6 +117,34 @@ def _math_attention(enabled: bool = True):
     ``vmap`` batching rule; the math kernel is built from differentiable, batchable ops.
     """
     return sdpa_kernel([SDPBackend.MATH]) if enabled else contextlib.nullcontext()
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """``F.layer_norm`` from elementary ops: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
+    dims = tuple(range(-len(normalized_shape), 0))
+    mean = input.mean(dims, keepdim=True)
+    centred = input - mean
+    var = (centred * centred).mean(dims, keepdim=True)
+    out = centred * torch.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+class _CompositeLayerNorm(TorchFunctionMode):
+    """Run ``F.layer_norm`` as :func:`_layer_norm` inside the context.
+
+    Differentiating ``vmap(grad(...))`` once more through ``native_layer_norm`` with a
+    per-sample gradient of the LayerNorm weight gives wrong second derivatives in torch
+    2.13 (the per-sample gradients themselves are right); the composite form is exact.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.layer_norm:
+            return _layer_norm(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 def _check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
@@ -165,7 +198,7 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def _make_preconditioner(
-    preconditioner: Preconditioner, params: Mapping[str, torch.Tensor]
+    preconditioner: Preconditioner, params: Mapping[str, torch.Tensor], validate: bool = True
 ) -> Callable[[dict], dict] | None:
     """Return a function applying Lambda to a dict of parameter-shaped tensors (or None)."""
     if preconditioner is None:
@@ -195,8 +228,9 @@ def _make_preconditioner(
                     f"preconditioner[{n!r}] has shape {tuple(d.shape)}, not broadcastable to "
                     f"the parameter shape {tuple(p.shape)}"
                 ) from None
-            check_finite(d, f"preconditioner[{n!r}]")
-            if bool((d < 0).any()):
+            if validate:
+                check_finite(d, f"preconditioner[{n!r}]")
+            if validate and bool((d < 0).any()):
                 raise ValueError(f"preconditioner[{n!r}] has negative entries (must be PSD)")
             diag[n] = d
         return lambda v: {n: diag[n] * t for n, t in v.items()}
@@ -208,6 +242,38 @@ def _sq_norm(v: Mapping[str, torch.Tensor], precond: Callable[[dict], dict] | No
     """``sum_n <v_n, (Lambda v)_n>``."""
     pv = v if precond is None else precond(dict(v))
     return sum((v[n] * pv[n]).sum() for n in v)
+
+
+class _SquaredNorm(torch.autograd.Function):
+    """``sum_n ||v_n||^2`` of real tensors: one dot product per tensor forward and one
+    scaling per tensor backward (``2 grad v_n``), instead of an elementwise square, a sum
+    and two products in the backward. Differentiable again (the backward is torch ops)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*tensors):
+        total = tensors[0].new_zeros(())
+        for t in tensors:
+            flat = t.reshape(-1)
+            total = total + torch.dot(flat, flat)
+        return total
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        two = 2.0 * grad
+        return tuple(t * two for t in ctx.saved_tensors)
+
+
+def _squared_norm(v: Mapping[str, torch.Tensor], precond: Callable[[dict], dict] | None):
+    """:func:`_sq_norm` outside ``torch.func`` transforms, fused when ``Lambda = I``."""
+    if precond is None and v:
+        return _SquaredNorm.apply(*v.values())
+    return _sq_norm(v, precond)
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,6 +293,8 @@ def entropic_loss(
     replacement: bool = True,
     chunk_size: int | None = None,
     noise_method: str = "auto",
+    process_group: ProcessGroupArg = None,
+    validate: bool = True,
 ) -> EntropicLoss:
     """Leading-order entropic (modified) loss of GD or SGD at the model's current parameters.
 
@@ -250,6 +318,20 @@ def entropic_loss(
     (``torch.func.vmap`` of ``torch.func.grad`` over samples; the Hessian is never formed).
     Weight decay does not enter it (it shifts every ``g_i`` by the same ``gamma theta``).
 
+    **Distributed data parallelism.** With ``process_group`` each rank passes its own shard
+    of the global batch (any sizes ``N_r``) and every rank gets the value of the
+    single-process call on the concatenated batch of ``N = sum_r N_r`` samples:
+    ``L = sum_r N_r L_r / N``, ``g = sum_r N_r g_r / N`` and
+    ``sum_i ||g_i - g||^2 = sum_r [sum_{i in r} ||g_i - g_r||^2 + N_r ||g_r - g||^2]``
+    (the per-rank sums of the parallel variance formula). The per-rank sums travel in one
+    ``all_reduce`` (gradient, loss and second moment packed into one flat tensor; a second,
+    scalar one for the per-sample path), through ``torch.distributed.nn.functional.all_reduce``
+    so that the value stays differentiable: after ``total.backward()`` the *average* of the
+    ranks' ``.grad`` is the gradient of ``total``, which is exactly what
+    ``DistributedDataParallel`` stores on every rank (without DDP, average the gradients
+    with ``all_reduce`` as in any data-parallel loop). ``entropic_force`` does that average
+    itself. ``batch_size`` stays the minibatch size ``B`` of the SGD being modelled.
+
     Scaled-dot-product attention runs with the composite "math" kernel wherever a double
     backward or ``vmap`` is needed (the fused kernels support neither).
 
@@ -260,7 +342,7 @@ def entropic_loss(
         per-sample losses (``reduction="mean"``); with the noise term this is checked and a
         ``ValueError`` names a violation (sum reduction, BatchNorm in training mode, dropout).
         ``inputs``/``targets`` are tensors (or pytrees of tensors) sharing a leading sample
-        dimension.
+        dimension. ``model`` may be wrapped in ``DistributedDataParallel``.
     lr
         Learning rate eta > 0.
     batch_size
@@ -285,7 +367,11 @@ def entropic_loss(
         Minibatches drawn with (default) or without replacement.
     chunk_size
         Passed to ``vmap`` for the per-sample gradients: bounds memory (per-sample gradients
-        of ``chunk_size`` samples at a time) at some cost in speed.
+        of ``chunk_size`` samples at a time) at some cost in speed. Without it (or with
+        ``chunk_size >= N``) one vmap'd pass gives the loss, the gradient and the noise
+        term together (all ``N`` per-sample gradients in memory at once); with it, one
+        batch forward/backward gives the loss and gradient and the chunks only the
+        centred second moment.
     noise_method
         ``"vmap"``: per-sample gradients by ``torch.func`` (any model whose samples are
         independent). ``"ghost"``: models whose trainable parameters all belong to
@@ -297,6 +383,18 @@ def entropic_loss(
         relative accuracy when the noise is below ~1e-7 (float32) of ``||g||^2``); only
         scalar or diagonal preconditioners. ``"auto"`` (default): ghost when applicable,
         else vmap.
+    process_group
+        ``None`` (default): this process holds the whole batch. A
+        ``torch.distributed`` process group (e.g. ``torch.distributed.group.WORLD``): the
+        batch is this rank's shard and the result is that of the global batch (see above);
+        every rank of the group must make the same call. ``"auto"``: the default group
+        when ``torch.distributed`` is initialised with more than one process, else ``None``.
+    validate
+        Run the consistency checks that need the data on the host (finite loss, mean
+        reduction, the preconditioner's sign, ``batch_size <= N`` without replacement in a
+        group): each is one host synchronisation. ``False`` removes every host
+        synchronisation from the call (for a hot training loop on a GPU, once a first call
+        with ``True`` has passed).
 
     Returns
     -------
@@ -315,11 +413,12 @@ def entropic_loss(
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         b = batch_size
-    if b is not None and not replacement and b > n:
+    group = resolve_process_group(process_group)
+    if b is not None and not replacement and b > n and group is None:
         raise ValueError(
             f"batch_size {b} exceeds the {n} samples of batch (sampling without replacement)"
         )
-    precond = _make_preconditioner(preconditioner, params)
+    precond = _make_preconditioner(preconditioner, params, validate)
 
     differentiable = torch.is_grad_enabled()
     names = list(params)
@@ -334,6 +433,99 @@ def entropic_loss(
                 "of an nn.Linear used once per forward, no BatchNorm in training mode and no "
                 "callable preconditioner"
             )
+    # Per-sample path (no ghost norms) in one chunk: one vmap'd pass gives the
+    # per-sample losses and gradients, hence L, g and the noise term, without a separate
+    # batch forward/backward. A DistributedDataParallel model keeps the batch pass when the
+    # result is differentiable (DDP averages the gradients of a backward that follows its
+    # own forward).
+    wrapped = _functional_module(model, params)[0] is not model
+    one_chunk = chunk_size is None or chunk_size >= n
+    if b is not None and layers is None and one_chunk and not (wrapped and differentiable):
+        loss, g_local, second = _per_sample_pass(
+            model, loss_fn, inputs, targets, params, precond, validate, differentiable
+        )
+    else:
+        loss, g_local, second, layers = _batch_pass(
+            model,
+            loss_fn,
+            inputs,
+            targets,
+            params,
+            n,
+            b,
+            layers,
+            noise_method,
+            preconditioner,
+            precond,
+            chunk_size,
+            validate,
+            differentiable,
+        )
+
+    if group is None:
+        n_total: Any = n
+        data_loss, g = loss, g_local
+    else:
+        n_total, data_loss, g, second = _global_sums(
+            group, n, loss, g_local, second, centred=layers is None, precond=precond
+        )
+        if validate and b is not None and not replacement and b > int(n_total):
+            raise ValueError(
+                f"batch_size {b} exceeds the {int(n_total)} samples of the global batch "
+                "(sampling without replacement)"
+            )
+
+    if weight_decay:
+        decay = sum((p * p).sum() for p in params.values())
+        loss_gamma = data_loss + 0.5 * weight_decay * decay
+        g_gamma = {k: g[k] + weight_decay * params[k] for k in names}
+    else:
+        loss_gamma, g_gamma = data_loss, g
+    discretization = 0.25 * lr * _squared_norm(g_gamma, precond)
+    if b is None:
+        noise = torch.zeros_like(discretization)
+    else:
+        if layers is not None:  # sum_i ||g_i||^2 / N - ||g||^2
+            var = (second / n_total - _squared_norm(g, precond)).clamp_min(0.0) / b
+        else:
+            var = second / (n_total * b)
+        if not replacement:
+            if group is None:
+                var = var * ((n - b) / (n - 1) if n > 1 else 0.0)
+            else:
+                var = var * ((n_total - b) / (n_total - 1).clamp_min(1.0))
+        noise = 0.25 * lr * var
+    total = loss_gamma + discretization + noise
+    if not differentiable:
+        total, loss_gamma, discretization, noise = (
+            t.detach() for t in (total, loss_gamma, discretization, noise)
+        )
+    return EntropicLoss(total, loss_gamma, discretization, noise)
+
+
+def _batch_pass(
+    model,
+    loss_fn,
+    inputs,
+    targets,
+    params,
+    n,
+    b,
+    layers,
+    noise_method,
+    preconditioner,
+    precond,
+    chunk_size,
+    validate,
+    differentiable,
+):
+    """Loss, gradient and local second moment from one batch forward and backward.
+
+    The second moment is ``sum_i ||g_i||^2`` from ghost norms (``layers``) or
+    ``sum_i ||g_i - g_local||^2`` from per-sample gradients by vmap; ``layers`` is
+    returned as used (None when the ghost capture failed).
+    """
+    names = list(params)
     captured: dict[str, list] = {name: [] for name in layers or {}}
     hooks = [
         mod.register_forward_hook(
@@ -343,6 +535,8 @@ def entropic_loss(
         )
         for name, mod in (layers or {}).items()
     ]
+    # One forward and one backward of the data loss (with the graph kept when the result
+    # must be differentiable: its backward is then the one Hessian-vector product).
     try:
         with torch.enable_grad(), _math_attention(differentiable):
             output = model(inputs)
@@ -350,9 +544,8 @@ def entropic_loss(
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
             loss = loss.reshape(())
-            check_finite(loss.detach(), "loss")
-            if weight_decay:
-                loss = loss + 0.5 * weight_decay * sum((p * p).sum() for p in params.values())
+            if validate:
+                check_finite(loss.detach(), "loss")
             if layers is not None and not _ghost_capture_ok(captured, n):
                 if noise_method == "ghost":
                     raise ValueError(
@@ -371,44 +564,154 @@ def entropic_loss(
     finally:
         for h in hooks:
             h.remove()
-    g = {
+    g_local = {
         k: (torch.zeros_like(params[k]) if gk is None else gk)
         for k, gk in zip(names, grads[: len(names)])
     }
-    discretization = 0.25 * lr * _sq_norm(g, precond)
-    if b is None:
-        noise = torch.zeros_like(discretization)
-    else:
-        # the data-loss gradient: g without the weight-decay part
-        g_data = {k: g[k] - weight_decay * params[k] for k in names} if weight_decay else g
+
+    # Local second moment of the per-sample gradients: sum_i ||g_i||^2 (ghost norms) or the
+    # sum centred at this process's mean gradient, sum_i ||g_i - g_local||^2 (vmap).
+    second = None
+    if b is not None:
         if layers is not None:
-            _check_mean_reduction(loss_fn, output, targets, loss, params, weight_decay, n)
+            if validate:
+                _check_mean_reduction(loss_fn, output, targets, loss, n)
             deltas = dict(zip(layers, grads[len(names) :]))
-            sq_mean = _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n)
-            var = (sq_mean - _sq_norm(g_data, precond)).clamp_min(0.0) / b
+            second = n * _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n)
         else:
-            var = _vmap_variance(
+            second = _vmap_centred_sum(
                 model,
                 loss_fn,
                 inputs,
                 targets,
                 params,
-                g_data,
+                g_local,
                 loss,
-                weight_decay,
                 precond,
-                b,
                 chunk_size,
+                validate,
+                differentiable,
             )
-        if not replacement:
-            var = var * ((n - b) / (n - 1) if n > 1 else 0.0)
-        noise = 0.25 * lr * var
-    total = loss + discretization + noise
-    if not differentiable:
-        total, loss, discretization, noise = (
-            t.detach() for t in (total, loss, discretization, noise)
+
+    return loss, g_local, second, layers
+
+
+def _per_sample_pass(model, loss_fn, inputs, targets, params, precond, validate, differentiable):
+    """Loss, mean gradient and ``sum_i ||g_i - g||_Lambda^2`` from one vmap'd pass.
+
+    ``L = mean_i ell_i`` and ``g = mean_i g_i`` come from the same per-sample losses and
+    gradients as the noise term (``torch.func.vmap`` of ``grad_and_value``), so no batch
+    forward/backward is needed; with ``validate`` one batch forward without autograd checks
+    that ``loss_fn`` is the mean of the per-sample losses.
+    """
+    module, local_params = _functional_module(model, params)
+    key = dict(zip(params, local_params))  # caller's name -> module's name
+    frozen = {k: v for k, v in module.named_parameters() if k not in local_params}
+    frozen.update(dict(module.named_buffers()))
+
+    def sample_loss(p, x, y):
+        x1 = tree_map(lambda t: t.unsqueeze(0), x)
+        y1 = tree_map(lambda t: t.unsqueeze(0), y)
+        out = functional_call(module, {**frozen, **p}, (x1,))
+        loss = loss_fn(out, y1)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
+        return loss.reshape(())
+
+    exact = _CompositeLayerNorm() if differentiable else contextlib.nullcontext()
+    with torch.enable_grad(), _math_attention(), exact:
+        per_grads, losses = vmap(
+            grad_and_value(sample_loss), in_dims=(None, 0, 0), randomness="different"
+        )(local_params, inputs, targets)
+    loss = losses.mean()
+    grads = {k: per_grads[key[k]] for k in params}
+    g = {k: v.mean(0) for k, v in grads.items()}
+    diff = {k: grads[k] - g[k] for k in params}
+    if precond is None:  # only the sum over samples is needed
+        sq = _squared_norm(diff, None)
+    else:  # Lambda applied sample by sample (a callable Lambda sees parameter shapes)
+        sq = vmap(lambda d: _sq_norm(d, precond))(diff)
+    if validate:
+        check_finite(loss.detach(), "loss")
+        with torch.no_grad():
+            batch_loss = loss_fn(model(inputs), targets)
+        if not isinstance(batch_loss, torch.Tensor) or batch_loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
+        _check_mean(batch_loss.reshape(()), loss.detach(), "from single samples")
+    return loss, g, sq.sum()
+
+
+# ---------------------------------------------------------------------------------------
+# data parallelism: cross-rank sums
+
+
+def resolve_process_group(process_group: ProcessGroupArg) -> Any:
+    """The ``torch.distributed`` process group that ``process_group`` names, or ``None``.
+
+    ``None`` -> ``None`` (single process); ``"auto"`` -> the default group when
+    ``torch.distributed`` is initialised with more than one process, else ``None``; a
+    process group (or ``torch.distributed.group.WORLD``) is returned as is, after checking
+    that ``torch.distributed`` is initialised.
+    """
+    if process_group is None:
+        return None
+    available = dist.is_available() and dist.is_initialized()
+    if isinstance(process_group, str):
+        if process_group != "auto":
+            raise ValueError(
+                f"process_group must be None, 'auto' or a torch.distributed process group, "
+                f"got {process_group!r}"
+            )
+        if not available or dist.get_world_size() < 2:
+            return None
+        return dist.group.WORLD
+    if not available:
+        raise ValueError(
+            "process_group given but torch.distributed is not initialised "
+            "(call torch.distributed.init_process_group first)"
         )
-    return EntropicLoss(total, loss, discretization, noise)
+    return process_group
+
+
+def _all_reduce_sum(tensors: list[torch.Tensor], group: Any) -> list[torch.Tensor]:
+    """Sum each tensor over the ranks of ``group`` in one differentiable ``all_reduce``.
+
+    ``torch.distributed.nn.functional.all_reduce`` all-reduces the incoming gradient in its
+    backward, so the value stays differentiable (a double backward included).
+    """
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    flat = dist_nn.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start : start + t.numel()].view_as(t))
+        start += t.numel()
+    return out
+
+
+def _global_sums(group, n, loss, g_local, second, *, centred, precond):
+    """Global sample count, mean loss, mean gradient and second moment from per-rank sums.
+
+    One ``all_reduce`` of ``[N_r, N_r L_r, N_r g_r, m_r]`` where ``m_r`` is the local second
+    moment; for a centred ``m_r = sum_{i in r} ||g_i - g_r||^2`` a second (scalar) one adds
+    the between-rank part ``sum_r N_r ||g_r - g||^2``.
+    """
+    names = list(g_local)
+    ref = loss
+    n_r = torch.full((), float(n), dtype=ref.dtype, device=ref.device)
+    parts = [n_r, n * loss] + [n * g_local[k] for k in names]
+    if second is not None:
+        parts.append(second.reshape(()).to(ref.dtype))
+    summed = _all_reduce_sum(parts, group)
+    n_total = summed[0].detach()
+    data_loss = summed[1] / n_total
+    g = {k: s / n_total for k, s in zip(names, summed[2 : 2 + len(names)])}
+    if second is not None:
+        second = summed[-1]
+        if centred:
+            diff = {k: g_local[k] - g[k] for k in names}
+            (between,) = _all_reduce_sum([n * _sq_norm(diff, precond)], group)
+            second = second + between
+    return n_total, data_loss, g, second
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,7 +759,7 @@ def _ghost_capture_ok(captured, n) -> bool:
     return True
 
 
-def _check_mean_reduction(loss_fn, output, targets, loss_gamma, params, weight_decay, n):
+def _check_mean_reduction(loss_fn, output, targets, loss, n):
     """loss_fn must average over samples: L = (k L_first + (n-k) L_rest) / n."""
     if n < 2:
         return
@@ -467,18 +770,22 @@ def _check_mean_reduction(loss_fn, output, targets, loss_gamma, params, weight_d
             rest = loss_fn(tree_map(lambda t: t[k:], output), tree_map(lambda t: t[k:], targets))
         except (RuntimeError, IndexError, TypeError, ValueError):
             return
-        plain = loss_gamma.detach()
-        if weight_decay:
-            decay = sum((p.detach() ** 2).sum() for p in params.values())
-            plain = plain - 0.5 * weight_decay * decay
-        combined = (k * first.reshape(()) + (n - k) * rest.reshape(())) / n
-        tol = 1e3 * torch.finfo(plain.dtype).eps * max(1.0, float(plain.abs()))
-        if float((combined - plain).abs()) > tol:
-            raise ValueError(
-                "loss_fn(model(inputs), targets) is not the mean of the per-sample losses "
-                f"({float(plain):.6g} vs {float(combined):.6g} from two halves): use "
-                "reduction='mean'"
-            )
+        _check_mean(
+            loss.detach(),
+            (k * first.reshape(()) + (n - k) * rest.reshape(())) / n,
+            "from two halves",
+        )
+
+
+def _check_mean(plain, combined, how):
+    tol = 1e3 * torch.finfo(plain.dtype).eps * max(1.0, float(plain.abs()))
+    if float((combined - plain).abs()) > tol:
+        raise ValueError(
+            "loss_fn(model(inputs), targets) is not the mean of the per-sample losses "
+            f"({float(plain):.6g} vs {float(combined):.6g} {how}): use reduction='mean' and a "
+            "model without batch-coupled layers (BatchNorm in train mode) or randomness "
+            "(dropout)"
+        )
 
 
 def _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n):
@@ -527,52 +834,66 @@ def _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n):
     return total
 
 
-def _vmap_variance(
+def _functional_module(model: torch.nn.Module, params: Mapping[str, torch.Tensor]):
+    """The module to call per sample and its parameters, keyed by that module's names.
+
+    A ``DistributedDataParallel`` (or ``DataParallel``) wrapper is looked through: its
+    forward synchronises across processes and must not run inside ``vmap``.
+    """
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    if isinstance(model, wrappers):
+        inner = model.module
+        strip = len("module.")
+        return inner, {k[strip:]: v for k, v in params.items()}
+    return model, dict(params)
+
+
+def _vmap_centred_sum(
     model,
     loss_fn,
     inputs,
     targets,
     params,
-    g_data,
-    loss_gamma,
-    weight_decay,
+    g_local,
+    loss,
     precond,
-    b,
     chunk_size,
+    validate,
+    differentiable,
 ):
-    """``E_B ||g_B - g||_Lambda^2`` (with replacement) from per-sample gradients (torch.func)."""
-    names = list(params)
-    frozen = {k: v for k, v in model.named_parameters() if k not in params}
-    frozen.update(dict(model.named_buffers()))
+    """``sum_i ||g_i - g_local||_Lambda^2`` over this process's samples (torch.func)."""
+    module, local_params = _functional_module(model, params)
+    key = dict(zip(params, local_params))  # caller's name -> module's name
+    frozen = {k: v for k, v in module.named_parameters() if k not in local_params}
+    frozen.update(dict(module.named_buffers()))
+    centre = {key[k]: v for k, v in g_local.items()}
 
     def sample_loss(p, x, y):
         x1 = tree_map(lambda t: t.unsqueeze(0), x)
         y1 = tree_map(lambda t: t.unsqueeze(0), y)
-        out = functional_call(model, {**frozen, **p}, (x1,))
+        out = functional_call(module, {**frozen, **p}, (x1,))
         return loss_fn(out, y1).reshape(())
+
+    if precond is None:
+        sq_norm = _sq_norm
+    else:  # the preconditioner sees the caller's parameter names
+        inverse = {v: k for k, v in key.items()}
+
+        def sq_norm(d, _):
+            return _sq_norm({inverse[k]: t for k, t in d.items()}, precond)
 
     def centred(p, x, y):
         gi, li = grad_and_value(sample_loss)(p, x, y)
-        d = {k: gi[k] - g_data[k] for k in names}
-        return _sq_norm(d, precond), li
+        return sq_norm({k: gi[k] - centre[k] for k in gi}, precond), li
 
-    with torch.enable_grad(), _math_attention():
+    exact = _CompositeLayerNorm() if differentiable else contextlib.nullcontext()
+    with torch.enable_grad(), _math_attention(), exact:
         sq, losses = vmap(
             centred, in_dims=(None, 0, 0), randomness="different", chunk_size=chunk_size
-        )({k: params[k] for k in names}, inputs, targets)
-    # consistency: loss_fn must be the mean of the per-sample losses
-    plain = loss_gamma.detach()
-    if weight_decay:
-        plain = plain - 0.5 * weight_decay * sum((p.detach() ** 2).sum() for p in params.values())
-    mean_li = losses.detach().mean()
-    tol = 1e3 * torch.finfo(mean_li.dtype).eps * max(1.0, float(plain.abs()))
-    if float((mean_li - plain).abs()) > tol:
-        raise ValueError(
-            "loss_fn(model(inputs), targets) is not the mean of the per-sample losses "
-            f"({float(plain):.6g} vs {float(mean_li):.6g}): use reduction='mean' and a model "
-            "without batch-coupled layers (BatchNorm in train mode) or randomness (dropout)"
-        )
-    return sq.mean() / b  # with replacement: tr(Lambda Sigma) / B
+        )(local_params, inputs, targets)
+    if validate:  # loss_fn must be the mean of the per-sample losses
+        _check_mean(loss.detach(), losses.detach().mean(), "from single samples")
+    return sq.sum()
 
 
 def adam_preconditioner(
@@ -621,17 +942,33 @@ def entropic_force(
     ``A theta`` of an exponential symmetry it equals ``(lr/2) E_B[g_B^T A g_B]``, i.e.
     ``1/(2 lr)`` times the per-step drift of the charge ``theta^T A theta`` (note section
     2.0). Returned tensors are detached, with the parameters' shapes, dtypes and devices.
+
+    With ``process_group`` (see :func:`entropic_loss`) every rank returns the force of the
+    global batch: the per-rank gradients of the correction (each one rank's share, the
+    backward of the cross-rank sums included) are averaged with one ``all_reduce``.
     """
     params = _trainable(model)
+    group = resolve_process_group(kwargs.get("process_group"))
     with torch.enable_grad():
         parts = entropic_loss(model, loss_fn, batch, lr, **kwargs)
         correction = parts.discretization + parts.noise
         names = list(params)
         grads = torch.autograd.grad(correction, [params[k] for k in names], allow_unused=True)
-    return {
+    force = {
         k: (torch.zeros_like(params[k]) if gk is None else -gk.detach())
         for k, gk in zip(names, grads)
     }
+    if group is not None:
+        world = dist.get_world_size(group)
+        flat = torch.cat([force[k].reshape(-1) for k in names])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        flat = flat / world
+        force, start = {}, 0
+        for k in names:
+            p = params[k]
+            force[k] = flat[start : start + p.numel()].view_as(p)
+            start += p.numel()
+    return force
 
 
 # ---------------------------------------------------------------------------------------
