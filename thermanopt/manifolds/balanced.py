@@ -77,24 +77,13 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
             default); other methods keep the array type, device and dtype of their input.
     """
 
-    def __init__(
-        self,
-        width: int,
-        depth: int,
-        *,
-        backend: str = "numpy",
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__(
-            width,
-            depth,
-            backend=backend,
-            device=device,
-            dtype=dtype,
-            name=f"Balanced DLN manifold (width {width}, depth {depth}, {backend})",
-            dimension=_dimension(width, depth),
-        )
+    def _label(self) -> str:
+        return f"Balanced DLN manifold (width {self.width}, depth {self.depth})"
+
+    def _dimension(self) -> int:
+        """d^2 + (N-1) d(d-1)/2."""
+        d, N = self.width, self.depth
+        return d * d + (N - 1) * d * (d - 1) // 2
 
     # ------------------------------------------------------------ shape
     @property
@@ -292,14 +281,6 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
                 prev = want
             frames = xp.stack(out, axis=0)
         return balanced_from(f, frames, N)
-
-
-def _dimension(width: Any, depth: Any) -> int:
-    try:
-        d, N = int(width), int(depth)
-    except (TypeError, ValueError, OverflowError):
-        return 0  # check_width_depth raises the error that names the argument
-    return d * d + (N - 1) * d * (d - 1) // 2
 
 
 def _component_signs(component: Any, N: int) -> list[int] | None:

@@ -91,12 +91,18 @@ class DLNManifold(ThermanoptManifold):
         backend: str = "numpy",
         device: Any = None,
         dtype: Any = None,
-        name: str,
-        dimension: int,
     ) -> None:
         self.width, self.depth = check_width_depth(width, depth)
         self.spec = ArraySpec(backend, device, dtype)
-        super().__init__(name, int(dimension))
+        super().__init__(self._label(), int(self._dimension()))
+
+    def _label(self) -> str:
+        """The manifold's name (Pymanopt's ``str(manifold)``)."""
+        raise NotImplementedError
+
+    def _dimension(self) -> int:
+        """dim M from ``width`` and ``depth``."""
+        raise NotImplementedError
 
     # -------------------------------------------------------------- shapes
     @property

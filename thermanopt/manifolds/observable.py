@@ -68,25 +68,14 @@ class ObservableQuotient(DLNManifold):
     ``dist``, ``exp`` and ``log`` have no closed form and raise ``NotImplementedError``.
     """
 
-    def __init__(
-        self,
-        width: int,
-        depth: int,
-        *,
-        backend: str = "numpy",
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__(
-            width,
-            depth,
-            backend=backend,
-            device=device,
-            dtype=dtype,
-            name=f"DLN observable quotient GL({width}) with metric g_{depth}",
-            dimension=_square(width),
-        )
-        self._cache: tuple | None = None
+    _cache: tuple | None = None  # spectral data of the last point (see _spectral)
+
+    def _label(self) -> str:
+        return f"DLN observable quotient GL({self.width}) with metric g_{self.depth}"
+
+    def _dimension(self) -> int:
+        """d^2."""
+        return self.width**2
 
     @property
     def point_shape(self) -> tuple[int, int]:
@@ -291,10 +280,3 @@ class ObservableQuotient(DLNManifold):
     def reproject(self, point: Array) -> Array:
         """X itself (a copy): GL(d) is open, there is nothing to drift from."""
         return _copy(point)
-
-
-def _square(width: Any) -> int:
-    try:
-        return int(width) ** 2
-    except (TypeError, ValueError, OverflowError):
-        return 0
