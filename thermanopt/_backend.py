@@ -376,3 +376,8 @@ def vmap_gradient(fn: Any, example: Array) -> Any:
     except Exception:  # noqa: BLE001 - any failure: the caller loops over points
         return None
     return vg
+
+
+def device_of(x: Array) -> Any:
+    """The torch device of a tensor, None for NumPy arrays (the ``device=`` of array-API calls)."""
+    return x.device if is_torch(x) else None

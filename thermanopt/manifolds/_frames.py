@@ -41,7 +41,7 @@ import math
 from functools import cached_property
 from typing import Any
 
-from .._backend import einsum, eps, namespace, to_float
+from .._backend import device_of, einsum, eps, namespace, to_float
 from .._backend import matrix_transpose as _mT
 from ._svd import SVD, log_K, svd
 from .dln import balanced_from, end_to_end
@@ -51,13 +51,9 @@ Array = Any
 __all__ = ["BalancedFrames", "retract", "layer_signs"]
 
 
-def _device(x: Array) -> Any:
-    dev = getattr(x, "device", None)
-    return None if isinstance(dev, str) or dev is None else dev
-
 
 def _arange(xp, n: int, like: Array) -> Array:
-    return xp.arange(n, dtype=like.dtype, device=_device(like))
+    return xp.arange(n, dtype=like.dtype, device=device_of(like))
 
 
 class BalancedFrames:
@@ -217,7 +213,7 @@ class BalancedFrames:
 def _eye(like: Array, n_stack: int) -> Array:
     xp = namespace(like)
     d = like.shape[-1]
-    return xp.eye(d, dtype=like.dtype, device=_device(like))
+    return xp.eye(d, dtype=like.dtype, device=device_of(like))
 
 
 def layer_signs(W: Array) -> Array:
@@ -230,7 +226,7 @@ def layer_signs(W: Array) -> Array:
 def _cayley(A: Array) -> Array:
     """cay(A) = (I - A/2)^{-1} (I + A/2): orthogonal for skew A, = expm(A) + O(|A|^3)."""
     xp = namespace(A)
-    eye = xp.eye(A.shape[-1], dtype=A.dtype, device=_device(A))
+    eye = xp.eye(A.shape[-1], dtype=A.dtype, device=device_of(A))
     return xp.linalg.solve(eye - 0.5 * A, eye + 0.5 * A)
 
 

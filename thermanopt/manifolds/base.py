@@ -30,6 +30,7 @@ from .._backend import (
     ArraySpec,
     check_compatible,
     check_finite,
+    device_of,
     eps,
     namespace,
     random_normal,
@@ -169,7 +170,7 @@ class DLNManifold(ThermanoptManifold):
         X = xp.where(
             finite[..., None, None],
             X,
-            xp.zeros_like(X) + xp.eye(self.width, dtype=X.dtype, device=_device(X)),
+            xp.zeros_like(X) + xp.eye(self.width, dtype=X.dtype, device=device_of(X)),
         )
         s = xp.linalg.svdvals(X)
         return finite & (s[..., -1] > 100 * self.width * eps(X) * s[..., 0])
@@ -238,8 +239,3 @@ class DLNManifold(ThermanoptManifold):
     def total_space(self) -> DLNManifold:
         """The balanced manifold of the same width and depth (the bundle's total space)."""
         raise NotImplementedError
-
-
-def _device(x: Array) -> Any:
-    dev = getattr(x, "device", None)
-    return None if isinstance(dev, str) or dev is None else dev

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import matrix_transpose, namespace
+from .._backend import device_of, matrix_transpose, namespace
 from ._svd import SVD, svd
 
 Array = Any
@@ -84,7 +84,7 @@ def _prefix_suffix(W: Array) -> tuple[list[Array], list[Array]]:
     """R[p] = W[p-1] ... W[0] and L[p] = W[N-1] ... W[p+1] (identity at the ends)."""
     xp = namespace(W)
     N, d = W.shape[-3], W.shape[-1]
-    eye = xp.zeros_like(W[..., 0, :, :]) + xp.eye(d, dtype=W.dtype, device=_device(W))
+    eye = xp.zeros_like(W[..., 0, :, :]) + xp.eye(d, dtype=W.dtype, device=device_of(W))
     R = [eye]
     for p in range(1, N):
         R.append(W[..., p - 1, :, :] @ R[-1])
@@ -93,9 +93,6 @@ def _prefix_suffix(W: Array) -> tuple[list[Array], list[Array]]:
         L[p] = L[p + 1] @ W[..., p + 1, :, :]
     return L, R
 
-
-def _device(x: Array) -> Any:
-    return getattr(x, "device", None) if not isinstance(getattr(x, "device", None), str) else None
 
 
 def end_to_end_differential(W: Array, V: Array) -> Array:
@@ -178,7 +175,7 @@ def balanced_from(
         if depth is None:
             raise ValueError("balanced_from needs depth when frames is None")
         N = check_depth(depth)
-        eye = xp.zeros_like(f.U) + xp.eye(f.s.shape[-1], dtype=f.U.dtype, device=_device(f.U))
+        eye = xp.zeros_like(f.U) + xp.eye(f.s.shape[-1], dtype=f.U.dtype, device=device_of(f.U))
         Q = [f.V] + [eye] * (N - 1) + [f.U]
     else:
         namespace(f.U, frames)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import check_compatible, namespace, to_float
+from .._backend import check_compatible, device_of, namespace, to_float
 
 Array = Any
 
@@ -60,8 +60,8 @@ class FiniteMonitor:
             self._what.append(what)
         bad = ~xp.all(xp.isfinite(x))
         if self._first is None:
-            self._first = xp.full((), -1, dtype=xp.int64, device=_device(x))
-            self._code = xp.full((), -1, dtype=xp.int64, device=_device(x))
+            self._first = xp.full((), -1, dtype=xp.int64, device=device_of(x))
+            self._code = xp.full((), -1, dtype=xp.int64, device=device_of(x))
         new = bad & (self._first < 0)
         self._first = xp.where(new, xp.full_like(self._first, int(iteration)), self._first)
         code = self._what.index(what)
@@ -79,8 +79,3 @@ class FiniteMonitor:
         if k is not None:
             label = what or self._what[int(to_float(self._code))]
             raise ValueError(f"non-finite {label} at iteration {k}")
-
-
-def _device(x: Array) -> Any:
-    dev = getattr(x, "device", None)
-    return None if isinstance(dev, str) or dev is None else dev

@@ -40,7 +40,7 @@ from typing import Any
 
 from pymanopt.optimizers.optimizer import Optimizer, OptimizerResult
 
-from .._backend import make_generator, namespace, spec_of, to_float
+from .._backend import device_of, make_generator, namespace, spec_of, to_float
 from ..entropy.model import EntropyModel
 from ..manifolds.step import StepRule
 from ._common import FiniteMonitor
@@ -174,7 +174,7 @@ class _StochasticRiemannianOptimizer(Optimizer):
             h, T, Tn = self.step_size(k), self.temperature(k), self.noise_temperature(k)
             cost, g = sp.cost_and_riemannian_gradient(x, sp.sample_batch(x, gen))
             monitor.update(k, g, "Riemannian gradient")
-            monitor.update(k, namespace(g).asarray(cost), "cost")
+            monitor.update(k, namespace(g).asarray(cost, device=device_of(g)), "cost")
             if (k + 1) % self.check_every == 0 or k == 0:
                 monitor.raise_if_bad()
             if T > 0:

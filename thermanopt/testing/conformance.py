@@ -6,8 +6,7 @@ checks, with tolerances scaled to the dtype:
 
 1. random points lie on the manifold (``manifold.check_point``) and differ;
 2. the projection is idempotent, self-adjoint for the inner product, and its
-   image has rank ``dim`` (``tangent_space_dimension`` is compared too where
-   the manifold offers this brute-force count);
+   image has rank ``dim``;
 3. the inner product is symmetric and positive definite (Gram matrix of
    ``dim`` random tangent vectors), and ``norm`` is its square root;
 4. ``random_tangent_vector`` and ``zero_vector`` are tangent;
