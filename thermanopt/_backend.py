@@ -381,3 +381,11 @@ def vmap_gradient(fn: Any, example: Array) -> Any:
 def device_of(x: Array) -> Any:
     """The torch device of a tensor, None for NumPy arrays (the ``device=`` of array-API calls)."""
     return x.device if is_torch(x) else None
+
+
+def as_tensor(x: Array) -> tuple[Any, Any]:
+    """(a torch tensor with the data of x, a function that turns such tensors back into x's
+    array type) -- for torch-only operations such as collectives."""
+    if is_torch(x):
+        return x, lambda t: t
+    return torch.as_tensor(np.asarray(x)), lambda t: t.numpy()

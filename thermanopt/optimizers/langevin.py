@@ -66,6 +66,7 @@ from ..manifolds.step import StepRule
 from ._common import FiniteMonitor, check_finite_at, check_like
 from ._step import tangent_noise
 from .schedules import check_step_size, check_temperature
+from .sharding import ChainShard
 
 Array = Any
 
@@ -168,6 +169,9 @@ class RiemannianLangevin:
         thin: int = 1,
         generator: Any = None,
         batched_cost: bool = False,
+        *,
+        process_group: Any = None,
+        gather: bool = False,
     ) -> Array:
         """Run ``n_chains`` chains for ``n_steps`` steps; keep every ``thin``-th state.
 
@@ -177,6 +181,14 @@ class RiemannianLangevin:
         non-finite gradient or point (naming the step; a hint to lower the step size when
         the chains diverge), mismatched array type/device/dtype between the point and the
         gradient, or bad arguments.
+
+        Chains sharded over ranks: with ``process_group`` (a ``torch.distributed`` group,
+        or ``"auto"`` for the default group when one is initialised) rank r runs its share
+        of the ``n_chains`` chains (:func:`~thermanopt.optimizers.sharding.chain_shard`)
+        with its own generator, spawned from the integer seed ``generator`` (reproducible,
+        distinct per rank); ``gather=True`` returns all chains on every rank (one
+        ``all_gather`` at the end), otherwise the rank's own chains. The law is the same:
+        the chains are independent.
         """
         n_steps, n_chains, thin = int(n_steps), int(n_chains), int(thin)
         if n_steps < 0 or n_chains < 1 or thin < 1:
@@ -185,8 +197,10 @@ class RiemannianLangevin:
             )
         manifold = problem.manifold
         X = self._batch(manifold, initial_point, n_chains)
+        shard = ChainShard.of(process_group, n_chains, generator)
+        X = X[shard.chains]
         spec = spec_of(X)
-        gen = make_generator(generator, spec)
+        gen = make_generator(shard.seed, spec)
         xp = namespace(X)
         grad = _BatchGradient(problem, batched_cost, X)
         rule = StepRule(self.max_halvings)
@@ -194,7 +208,13 @@ class RiemannianLangevin:
         entropy = self._entropy_drift(manifold)
         monitor = FiniteMonitor()
         deferred = on_accelerator(X)
-        self.log = {"steps": n_steps, "chains": n_chains, "gradient_mode": grad.mode}
+        self.log = {
+            "steps": n_steps,
+            "chains": shard.count,
+            "gradient_mode": grad.mode,
+            "rank": shard.rank,
+            "world_size": shard.world_size,
+        }
         kept = []
         start = time.time()
         for k in range(1, n_steps + 1):
@@ -241,9 +261,8 @@ class RiemannianLangevin:
                 f"{self.max_halvings} halvings (the chains diverge): lower the step size "
                 f"(now {self.step_size})"
             )
-        if not kept:
-            return xp.zeros_like(X)[None][:0]
-        return xp.stack(kept, axis=0)
+        out = xp.stack(kept, axis=0) if kept else xp.zeros_like(X)[None][:0]
+        return shard.gather(out) if gather else out
 
     # ------------------------------------------------------------------
     def _entropy_drift(self, manifold: Any) -> Callable[[Array], Array] | None:
