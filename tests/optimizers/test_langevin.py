@@ -383,7 +383,7 @@ def _time_averaged_means(xs, chains):
 @pytest.fixture(scope="module")
 def fine_step_runs():
     """h = 0.0025, T = 1, width 2: the quotient chain at depth 2, the balanced one at depth 3."""
-    h, steps, chains = 0.0025, 1000, 1500
+    h, steps, chains = 0.0025, 800, 1200
     q = RiemannianLangevin(1.0, h)
     xq = q.sample(
         _quotient_problem(2), _gaussian_start(chains), steps, n_chains=chains, thin=20,
@@ -405,7 +405,7 @@ def test_law_at_fine_step_within_one_and_two_percent(fine_step_runs, which):
     log, xs, N = fine_step_runs[which]
     (e1, se1), (e2, se2) = _time_averaged_means(xs, fine_step_runs["chains"])
     _, _, m1, m2 = _marginals(N)
-    # depth 3: E[s2] has a standard error of ~1.8 % with these chains, so 5 % there
+    # depth 3: E[s2] has a standard error of ~2 % with these chains, so 5 % there
     tol2 = 0.02 if which == "quotient" else 0.05
     assert abs(e1 / m1 - 1) < 0.01, (e1 / m1 - 1, se1 / m1)
     assert abs(e2 / m2 - 1) < tol2, (e2 / m2 - 1, se2 / m2)
