@@ -37,7 +37,6 @@ from .._backend import (
     eps,
     expm,
     namespace,
-    quiet_overflow,
     to_float,
 )
 from .._backend import matrix_transpose as _mT
@@ -203,7 +202,7 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
         finite with a full-rank end-to-end matrix.
         """
         self._check_shape(point, "point", batched=True)
-        if self.validate:
+        if self.checks_values:
             check_finite(point, "point")
         if self.depth == 1:
             return point * 1
@@ -222,7 +221,7 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
             check_real_float(X, "X")
             if tuple(X.shape[-2:]) != (d, d) or len(X.shape) < 2:
                 raise ValueError(f"X has shape {tuple(X.shape)}, expected (..., {d}, {d})")
-            if self.validate:
+            if self.checks_values:
                 check_finite(X, "X")
             X = svd(X)
             self._check_rank(X.s, "X")
@@ -237,7 +236,7 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
 
     def _check_orthogonal(self, R: Array, name: str) -> None:
         """With ``validate``: ``ValueError`` unless R^T R = I (to 1e3 eps) and finite."""
-        if not self.validate:
+        if not self.checks_values:
             return
         xp = namespace(R)
         eye = xp.eye(R.shape[-1], dtype=R.dtype, device=_device_of(R))
@@ -359,20 +358,17 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
         """Aligned reprojection of W + V (second order, global; see :mod:`._frames`).
 
         ``ValueError`` for a bad point or vector (with ``validate``) and when the step
-        overflows or lands on a rank-deficient X' (take a shorter step).
+        overflows or lands on a rank-deficient X' (take a shorter step); NaN there in
+        :meth:`unchecked` mode (the step rule's).
         """
-        self._check_pair(point, tangent_vector, "tangent_vector")
-        self._check_values(point, ("tangent_vector", tangent_vector))
-        if self.validate:
-            self._check_rank(namespace(point).linalg.svdvals(end_to_end(point)), "point")
         return super().retraction_second_order(point, tangent_vector)
 
-    def retraction_unchecked(self, point: Array, tangent_vector: Array) -> Array:
-        """The aligned reprojection without checks of values: a step that overflows or lands
-        on a rank-deficient X' gives NaN (the step rule's path, see the module docstring)."""
-        self._check_pair(point, tangent_vector, "tangent_vector")
-        with quiet_overflow():
-            return retract(point, tangent_vector)
+    def _check_step_start(self, point: Array, tangent_vector: Array) -> None:
+        self._check_values(point, ("tangent_vector", tangent_vector))
+        self._check_rank(namespace(point).linalg.svdvals(end_to_end(point)), "point")
+
+    def _retract(self, point: Array, tangent_vector: Array) -> Array:
+        return retract(point, tangent_vector)
 
     def retraction_first_order(self, point: Array, tangent_vector: Array) -> Array:
         """Chart retraction through GL(d) x O(d)^{N-1}: X expm(X^{-1} dX), O_p expm(Om_p).

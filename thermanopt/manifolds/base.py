@@ -27,9 +27,10 @@ two scalars per call on the host; ``validate=False`` skips them (inner loops on 
 
 Retraction contract: ``retraction`` (= ``retraction_second_order``) raises ``ValueError``
 when the step overflows or lands on the rank-deficient set, saying to take a shorter step.
-``retraction_unchecked`` is the same map without that check: failed entries of a batch come
-back NaN. The step rule (:class:`~thermanopt.manifolds.step.StepRule`) calls it and rescues
-those entries by halving; a subclass that changes the retraction overrides it.
+Inside ``with manifold.unchecked():`` no value checks run and such batch entries come back
+NaN instead: the step rule (:class:`~thermanopt.manifolds.step.StepRule`) retracts in that
+mode and rescues them by halving, and the optimizers run their inner loops in it after
+checking their inputs once (they watch for non-finite values themselves).
 
 Everything else (metric, projection, Hessian) is the subclasses' own geometry.
 """
@@ -37,6 +38,8 @@ Everything else (metric, projection, Hessian) is the subclasses' own geometry.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pymanopt.manifolds.manifold import Manifold
@@ -48,6 +51,7 @@ from .._backend import (
     check_real_float,
     eps,
     namespace,
+    quiet_overflow,
     random_normal,
     spec_of,
     to_float,
@@ -88,14 +92,29 @@ class ThermanoptManifold(Manifold):
         axes = tuple(range(-len(self.point_shape), 0))
         return xp.all(xp.isfinite(points), axis=axes)
 
-    def retraction_unchecked(self, point: Array, tangent_vector: Array) -> Array:
-        """The retraction without the failure check (the step rule's path).
+    validate: bool = True
+    _unchecked_depth: int = 0
 
-        Batch entries whose step fails (overflow, a degenerate landing point) may come back
-        non-finite instead of raising; :class:`~thermanopt.manifolds.step.StepRule` rescues
-        them. Default: :meth:`retraction`.
+    @contextmanager
+    def unchecked(self) -> Iterator[ThermanoptManifold]:
+        """Context without value checks: ``retraction`` returns NaN for batch entries whose
+        step fails instead of raising, and points and vectors are not checked for NaN,
+        balance or rank (shapes and dtypes still are).
+
+        The mode of :class:`~thermanopt.manifolds.step.StepRule` and of the optimizers'
+        inner loops, which check their inputs once and watch for non-finite values
+        themselves. Not thread-safe: it changes this manifold object for the duration.
         """
-        return self.retraction(point, tangent_vector)
+        self._unchecked_depth += 1
+        try:
+            yield self
+        finally:
+            self._unchecked_depth -= 1
+
+    @property
+    def checks_values(self) -> bool:
+        """True when methods check values: ``validate`` and outside :meth:`unchecked`."""
+        return bool(self.validate) and self._unchecked_depth == 0
 
 
 class DLNManifold(ThermanoptManifold):
@@ -171,7 +190,7 @@ class DLNManifold(ThermanoptManifold):
         over the vectors (NaN iff a vector has a NaN or inf entry). The rank is checked by
         :meth:`_check_rank` on the singular values the method computes anyway.
         """
-        if not self.validate:
+        if not self.checks_values:
             return
         xp = namespace(point)
         probe = self._constraint_residual(point)
@@ -190,7 +209,7 @@ class DLNManifold(ThermanoptManifold):
 
     def _check_rank(self, s: Array, name: str = "point") -> None:
         """With ``validate``: ``ValueError`` unless s_min > 100 d eps s_max (full rank)."""
-        if not self.validate:
+        if not self.checks_values:
             return
         xp = namespace(s)
         ratio = to_float(xp.min(s[..., -1] / s[..., 0]))
@@ -301,20 +320,32 @@ class DLNManifold(ThermanoptManifold):
     def retraction_second_order(self, point: Array, tangent_vector: Array) -> Array:
         """A retraction that agrees with the geodesic to second order, global, component-safe.
 
-        :meth:`retraction_unchecked` followed by the failure check (``ValueError``).
+        ``ValueError`` for a bad point or vector, and when the step overflows or lands on a
+        rank-deficient point (take a shorter step); in :meth:`unchecked` mode such batch
+        entries come back NaN instead.
         """
-        out = self.retraction_unchecked(point, tangent_vector)
-        xp = namespace(out)
-        if not bool(to_float(xp.all(xp.isfinite(out)))):
-            raise ValueError(
-                "retraction: the step along tangent_vector overflows or lands on a "
-                "rank-deficient point; take a shorter step (the optimizers' step rule "
-                "halves such steps)"
-            )
+        self._check_pair(point, tangent_vector, "tangent_vector")
+        checked = self.checks_values
+        if checked:
+            self._check_step_start(point, tangent_vector)
+        with quiet_overflow():
+            out = self._retract(point, tangent_vector)
+        if checked:
+            xp = namespace(out)
+            if not bool(to_float(xp.all(xp.isfinite(out)))):
+                raise ValueError(
+                    "retraction: the step along tangent_vector overflows or lands on a "
+                    "rank-deficient point; take a shorter step (the optimizers' step rule "
+                    "halves such steps)"
+                )
         return out
 
-    def retraction_unchecked(self, point: Array, tangent_vector: Array) -> Array:
-        """The second-order retraction; entries whose step fails come back NaN (no check)."""
+    def _check_step_start(self, point: Array, tangent_vector: Array) -> None:
+        """Value checks of a retraction's point and vector (subclasses add the rank)."""
+        self._check_values(point, ("tangent_vector", tangent_vector))
+
+    def _retract(self, point: Array, tangent_vector: Array) -> Array:
+        """The retraction's kernel: failed batch entries come back NaN (no checks)."""
         raise NotImplementedError
 
     # -------------------------------------------------------------- the bundle

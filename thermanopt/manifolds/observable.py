@@ -38,7 +38,6 @@ from .._backend import (
     expm,
     matrix_transpose,
     namespace,
-    quiet_overflow,
     same_content,
     to_float,
 )
@@ -136,7 +135,7 @@ class ObservableQuotient(DLNManifold):
         if cache is not None and cache[0] is point and same_content(point, cache[1]):
             return cache[2]
         self._check_shape(point, "point", batched=True)
-        if self.validate:
+        if self.checks_values:
             check_finite(point, "point")
         f = svd(point)
         self._check_rank(f.s, "point")
@@ -258,17 +257,13 @@ class ObservableQuotient(DLNManifold):
         never leaves the component of X. A polynomial: defined for every Z.
 
         ``ValueError`` for a bad point or vector (with ``validate``) and when the step
-        overflows (take a shorter step); :meth:`retraction_unchecked` returns NaN there.
+        overflows (take a shorter step); NaN there in :meth:`unchecked` mode (the step
+        rule's).
         """
-        self._checked(point, ("tangent_vector", tangent_vector))
         return super().retraction_second_order(point, tangent_vector)
 
-    def retraction_unchecked(self, point: Array, tangent_vector: Array) -> Array:
-        """phi(W + lift_W(Z)) without the overflow check: overflowing entries come back NaN
-        (the step rule's path; see :mod:`thermanopt.manifolds.base`)."""
-        self._check_pair(point, tangent_vector, "tangent_vector")
-        with quiet_overflow():
-            return self._retract(point, tangent_vector)
+    def _check_step_start(self, point: Array, tangent_vector: Array) -> None:
+        self._checked(point, ("tangent_vector", tangent_vector))
 
     def _retract(self, point: Array, tangent_vector: Array) -> Array:
         sp = self._spectral(point)

@@ -7,10 +7,9 @@ retraction is second order and never leaves the component of x (both DLN manifol
 O(sqrt(h)) noise makes the retraction's curvature error an O(h) drift (the Ito
 correction).
 
-The rule calls ``retraction_unchecked`` on thermanopt's manifolds: the same map as
-``retraction`` without its failure check, so a batch entry whose step overflows or lands on
-the rank-deficient set comes back NaN instead of raising (the public ``retraction`` raises
-``ValueError`` there); other manifolds are stepped with their ``retraction``.
+The rule calls the manifold's ``retraction`` inside ``manifold.unchecked()`` on thermanopt's
+manifolds, so a batch entry whose step overflows or lands on the rank-deficient set comes
+back NaN instead of raising (outside that mode ``retraction`` raises ``ValueError`` there).
 
 Rescue: a result that is not ``regular`` (non-finite, or a numerically rank-deficient
 end-to-end matrix on a DLN manifold) is retried with v/2, up to ``max_halvings`` times, and
@@ -34,7 +33,8 @@ __all__ = ["StepRule"]
 
 def _retract(manifold: Any, x: Array, v: Array) -> Array:
     if isinstance(manifold, ThermanoptManifold):
-        return manifold.retraction_unchecked(x, v)
+        with manifold.unchecked():
+            return manifold.retraction(x, v)
     return manifold.retraction(x, v)
 
 
