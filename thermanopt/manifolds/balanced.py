@@ -204,11 +204,11 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
         self._check_shape(point, "point", batched=True)
         if self.checks_values:
             check_finite(point, "point")
+        f = svd(end_to_end(point))
+        self._check_rank(f.s, "point")
         if self.depth == 1:
             return point * 1
-        fr = BalancedFrames(point, orthogonalize=True)
-        self._check_rank(fr.s, "point")
-        return fr.point()
+        return BalancedFrames(point, svd_of_X=f, orthogonalize=True).point()
 
     def balanced_from(self, X: Array | SVD, frames: Array | None = None) -> Array:
         """The balanced point W_p = Q_p diag(s^(1/N)) Q_{p-1}^T over X (frames Q_1..Q_{N-1}).
@@ -291,14 +291,7 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
 
     def orbit_action(self, W: Array, R: Array) -> Array:
         """W_p -> R_p W_p R_{p-1}^T, R_0 = R_N = I, for R (N-1, d, d) in O(d)^{N-1}."""
-        self._check_shape(W, "W", batched=True)
-        check_real_float(R, "R")
-        check_compatible(W, R, names=("W", "R"))
-        if tuple(R.shape[-3:]) != (self.depth - 1, self.width, self.width):
-            raise ValueError(
-                f"R has shape {tuple(R.shape)}, expected (..., {self.depth - 1}, "
-                f"{self.width}, {self.width})"
-            )
+        self._check_layers(W, R, "R")
         self._check_values(W)
         self._check_orthogonal(R, "R")
         xp = namespace(W, R)
@@ -322,7 +315,7 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
         """Exact orthogonal projection onto T_W M: lift(dphi(E)) + vertical part of E."""
         self._check_pair(point, vector, "vector")
         if self.depth == 1:
-            self._check_values(point, ("vector", vector))
+            self._check_step_start(point, vector)
             return vector * 1
         return self._in_frames(point, vector, BalancedFrames.project, "vector")
 
@@ -346,7 +339,7 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
         self._check_pair(point, tangent_vector, "tangent_vector")
         self._check_pair(point, normal_vector, "normal_vector")
         if self.depth == 1:
-            self._check_values(point, ("tangent_vector", tangent_vector))
+            self._check_step_start(point, tangent_vector)
             return tangent_vector * 0
         fr = self._frames_of(
             point, ("tangent_vector", tangent_vector), ("normal_vector", normal_vector)
@@ -364,8 +357,10 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
         return super().retraction_second_order(point, tangent_vector)
 
     def _check_step_start(self, point: Array, tangent_vector: Array) -> None:
+        """Values of (point, vector) and the rank of the point (one SVD of X)."""
         self._check_values(point, ("tangent_vector", tangent_vector))
-        self._check_rank(namespace(point).linalg.svdvals(end_to_end(point)), "point")
+        if self.checks_values:
+            self._check_rank(namespace(point).linalg.svdvals(end_to_end(point)), "point")
 
     def _retract(self, point: Array, tangent_vector: Array) -> Array:
         return retract(point, tangent_vector)
@@ -409,6 +404,8 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
     def transport(self, point_a: Array, point_b: Array, tangent_vector_a: Array) -> Array:
         """Vector transport by orthogonal projection onto T_{point_b} M."""
         self._check_pair(point_b, point_a, "point_a", "point_b")
+        self._check_pair(point_a, tangent_vector_a, "tangent_vector_a", "point_a")
+        self._check_step_start(point_a, tangent_vector_a)
         return self.projection(point_b, tangent_vector_a)
 
     def random_point(self, generator: Any = None, component: Any = +1) -> Array:

@@ -291,7 +291,9 @@ class ObservableQuotient(DLNManifold):
     def transport(self, point_a: Array, point_b: Array, tangent_vector_a: Array) -> Array:
         """Projection-based transport: the identity (tangent spaces are all R^{d x d})."""
         self._check_pair(point_b, point_a, "point_a", "point_b")
-        self._check_pair(point_b, tangent_vector_a, "tangent_vector_a", "point_b")
+        if self.checks_values:
+            self._spectral(point_a)  # finite and invertible
+        self._checked(point_b, ("tangent_vector_a", tangent_vector_a))
         return _copy(tangent_vector_a)
 
     def dist(self, point_a: Array, point_b: Array) -> float:
@@ -376,6 +378,7 @@ class ObservableQuotient(DLNManifold):
         )
 
     def reproject(self, point: Array) -> Array:
-        """X itself (a copy): GL(d) is open, there is nothing to drift from."""
-        self._check_shape(point, "point", batched=True)
+        """X itself (a copy): GL(d) is open, there is nothing to drift from (``validate``:
+        X must be finite and invertible)."""
+        self._spectral(point)
         return _copy(point)
