@@ -604,3 +604,66 @@ def test_initial_point_errors_say_initial_point():
         RiemannianAdam(0.1, max_iterations=2).run(sp, initial_point=np.diag([1.0, 1, 0]))
     with pytest.raises(ValueError, match="initial point"):
         RiemannianLangevin(0.1, 1e-3).sample(problem, np.diag([1.0, 1, 0]), 2)
+
+
+# ------------------------------------------------------------------ the issue's examples
+
+
+def _unbalanced(M):
+    W = M.random_point(0) * 1
+    W[0] = 2.0 * W[0]
+    return W
+
+
+_B = BalancedManifold(3, 3)
+_W = _B.random_point(0)
+_V = _B.random_tangent_vector(_W, 1)
+_Q = ObservableQuotient(3, 3)
+_X = _Q.random_point(0)
+_S = np.diag([1.0, 1.0, 0.0])
+
+ISSUE_EXAMPLES = {
+    "projection broadcasts a (3, 3) vector": (lambda: _B.projection(_W, _V[0]), "shape"),
+    "projection at an unbalanced stack": (lambda: _B.projection(_unbalanced(_B), _V), "balanced"),
+    "a (3, 3) stack": (lambda: _B.projection(_W[0], _V[0]), "shape"),
+    "a (2, 3, 3) stack": (lambda: _B.horizontal_part(_W[:2], _V[:2]), "shape"),
+    "vertical_part of a (3, 3) vector": (lambda: _B.vertical_part(_W, _V[0]), "shape"),
+    "NaN quotient point": (lambda: _Q.inner_product(_X * np.nan, _X, _X), "NaN"),
+    "singular quotient point": (lambda: _Q.inner_product(_S, _X, _X), "rank"),
+    "singular gradient": (lambda: _Q.euclidean_to_riemannian_gradient(_S, _X), "rank"),
+    "singular first-order retraction": (lambda: _Q.retraction_first_order(_S, _X), "rank"),
+    "huge quotient step": (lambda: _Q.retraction(_X, 1e200 * _X), "shorter step"),
+    "width NaN": (lambda: BalancedManifold(math.nan, 2), "width"),
+    "width inf": (lambda: ObservableQuotient(math.inf, 2), "width"),
+    "width None": (lambda: BalancedManifold(None, 2), "width"),
+    "generator 'abc'": (lambda: _B.random_point(generator="abc"), "generator"),
+    "float16": (lambda: BalancedManifold(3, 2, backend="torch", dtype=torch.float16), "float16"),
+    "bfloat16 arrays": (
+        lambda: _Q.projection(
+            torch.eye(3, dtype=torch.bfloat16), torch.eye(3, dtype=torch.bfloat16)
+        ),
+        "bfloat16",
+    ),
+}
+if not torch.cuda.is_available():
+    ISSUE_EXAMPLES["cuda without CUDA"] = (
+        lambda: BalancedManifold(3, 2, backend="torch", device="cuda"),
+        "CUDA",
+    )
+
+
+@pytest.mark.parametrize("label", sorted(ISSUE_EXAMPLES))
+def test_issue_examples_give_named_errors(label):
+    fn, match = ISSUE_EXAMPLES[label]
+    with pytest.raises((ValueError, TypeError), match=match) as info:
+        fn()
+    assert "\n" not in str(info.value)
+
+
+def test_langevin_too_large_step_says_lower_the_step_size():
+    M = BalancedManifold(3, 2)
+    cost = pymanopt.function.autograd(M)(lambda W: ((W[1] @ W[0] - np.eye(3)) ** 2).sum())
+    with pytest.raises(ValueError, match="step size"):
+        RiemannianLangevin(1.0, 50.0).sample(
+            pymanopt.Problem(M, cost), M.random_point(0), 20, n_chains=4, generator=0
+        )
