@@ -347,7 +347,7 @@ def test_manifold_methods_reject_singular_and_unbalanced_points(case, data):
     ), f"{name} accepted a {how} point"
 
 
-@settings(SETTINGS, max_examples=100)
+@settings(SETTINGS, max_examples=60)
 @given(
     kind=st.sampled_from(["balanced", "quotient"]),
     width=st.one_of(
@@ -357,6 +357,18 @@ def test_manifold_methods_reject_singular_and_unbalanced_points(case, data):
     depth=st.one_of(
         st.integers(-2, 4), st.sampled_from([None, math.nan, -math.inf, 1.5, "2", False])
     ),
+)
+def test_constructors_reject_bad_width_and_depth(kind, width, depth):
+    cls = BalancedManifold if kind == "balanced" else ObservableQuotient
+    M = _outcome(lambda: cls(width, depth))
+    if not isinstance(M, Exception):
+        assert (M.width, M.depth) == (width, depth)
+        M.check_point(M.random_point(0))
+
+
+@settings(SETTINGS, max_examples=100)
+@given(
+    kind=st.sampled_from(["balanced", "quotient"]),
     backend=st.sampled_from(["numpy", "torch", "jax", None, 3]),
     device=st.sampled_from([None, "cpu", "cuda", "cuda:7", "tpu", 3.5]),
     dtype=st.sampled_from(
@@ -374,16 +386,17 @@ def test_manifold_methods_reject_singular_and_unbalanced_points(case, data):
             torch.float64,
         ]
     ),
-    generator=st.sampled_from([None, 0, -1, "abc", 1.5, np.random.default_rng(0), [1, 2]]),
+    generator=st.sampled_from(
+        [None, 0, -1, "abc", 1.5, np.random.default_rng(0), [1, 2], torch.Generator()]
+    ),
+    component=st.sampled_from([1, -1, 0, 2, True, None, "x"]),
 )
-def test_constructors_and_random_points(kind, width, depth, backend, device, dtype, generator):
+def test_constructors_and_random_points(kind, backend, device, dtype, generator, component):
     cls = BalancedManifold if kind == "balanced" else ObservableQuotient
-    out = _outcome(lambda: cls(width, depth, backend=backend, device=device, dtype=dtype))
-    if isinstance(out, Exception):
+    M = _outcome(lambda: cls(3, 2, backend=backend, device=device, dtype=dtype))
+    if isinstance(M, Exception):
         return
-    M = out
-    assert M.width >= 1 and M.depth >= 1
-    x = _outcome(lambda: M.random_point(generator))
+    x = _outcome(lambda: M.random_point(generator, component))
     if not isinstance(x, Exception):
         M.check_point(x)
 

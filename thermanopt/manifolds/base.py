@@ -142,6 +142,11 @@ class DLNManifold(ThermanoptManifold):
         validate: bool = True,
     ) -> None:
         self.width, self.depth = check_width_depth(width, depth)
+        if self.width * self.width * self.depth > 2**31:
+            raise ValueError(
+                f"width={width!r}, depth={depth!r}: a point would have "
+                f"{self.width**2 * self.depth:.3g} entries (more than 2**31)"
+            )
         self.spec = ArraySpec(backend, device, dtype)
         if not isinstance(validate, bool):
             raise TypeError(f"validate must be True or False, got {validate!r}")
