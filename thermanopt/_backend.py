@@ -138,6 +138,9 @@ def check_finite(x: Array, name: str = "input") -> None:
 
 
 _LINALG_DTYPES = ("float32", "float64")
+_FAST_DTYPES = (np.dtype(np.float64), np.dtype(np.float32)) + (
+    (torch.float64, torch.float32) if torch is not None else ()
+)
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -151,6 +154,9 @@ def check_real_float(x: Array, name: str = "input") -> None:
     Reads only metadata (no host transfer), so it is safe inside traces and ``vmap``.
     """
     dtype = getattr(x, "dtype", None)
+    for ok in _FAST_DTYPES:  # identity checks: the common case costs well under 1 us
+        if dtype is ok:
+            return
     if dtype is None or not hasattr(x, "shape") or isinstance(x, (list, tuple)):
         raise TypeError(f"{name} must be a NumPy array or torch tensor, got {type(x).__name__}")
     if _dtype_name(dtype) not in _LINALG_DTYPES:

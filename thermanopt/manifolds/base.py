@@ -180,6 +180,14 @@ class DLNManifold(ThermanoptManifold):
         self, point: Array, vector: Array, name: str = "tangent vector", point_name: str = "point"
     ) -> None:
         """``ValueError`` unless ``vector`` is an array like ``point`` of the same shape."""
+        if (
+            type(point) is type(vector)
+            and point.dtype is vector.dtype
+            and point.shape == vector.shape
+            and getattr(point, "device", None) == getattr(vector, "device", None)
+        ):  # fast path: one check of the point covers both
+            self._check_shape(point, point_name, batched=True)
+            return
         self._check_shape(point, point_name, batched=True)
         check_real_float(vector, name)
         check_compatible(point, vector, names=(point_name, name))
