@@ -210,7 +210,9 @@ class ArraySpec:
     """Where new arrays are made: ``backend`` ("numpy" or "torch"), device and dtype.
 
     Manifolds hold one so that ``random_point`` and ``zero_vector`` allocate
-    on the right device with the right dtype.
+    on the right device with the right dtype. Construction raises ``ValueError`` for a
+    dtype other than float32/float64 (float16 and bfloat16 have no SVD or QR) and for a
+    torch device this machine lacks (``device="cuda"`` without CUDA).
     """
 
     backend: str = "numpy"
@@ -329,7 +331,8 @@ def make_generator(seed: Any = None, spec: ArraySpec | None = None):
     """Random generator for ``spec``'s backend.
 
     ``seed`` may already be a generator of the right kind (returned as is), an
-    integer seed, or None (fresh entropy). A NumPy generator passed to a torch
+    integer seed >= 0, or None (fresh entropy); anything else is a ``TypeError`` naming
+    ``generator``. A NumPy generator passed to a torch
     spec seeds a torch generator from it, so one seed drives both.
     """
     spec = spec or ArraySpec()
