@@ -43,6 +43,8 @@ __all__ = [
     "is_torch",
     "check_compatible",
     "check_finite",
+    "check_real_float",
+    "quiet_overflow",
     "to_float",
     "einsum",
     "expm",
@@ -135,6 +137,44 @@ def check_finite(x: Array, name: str = "input") -> None:
         raise ValueError(f"{name} contains NaN or infinite entries")
 
 
+_LINALG_DTYPES = ("float32", "float64")
+_FAST_DTYPES = (np.dtype(np.float64), np.dtype(np.float32)) + (
+    (torch.float64, torch.float32) if torch is not None else ()
+)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_real_float(x: Array, name: str = "input") -> None:
+    """``TypeError`` unless ``x`` is an array (NumPy, torch, or an autodiff box of one);
+    ``ValueError`` unless its dtype is float32 or float64 (what SVD and QR support).
+
+    Reads only metadata (no host transfer), so it is safe inside traces and ``vmap``.
+    """
+    dtype = getattr(x, "dtype", None)
+    for ok in _FAST_DTYPES:  # identity checks: the common case costs well under 1 us
+        if dtype is ok:
+            return
+    if dtype is None or not hasattr(x, "shape") or isinstance(x, (list, tuple)):
+        raise TypeError(f"{name} must be a NumPy array or torch tensor, got {type(x).__name__}")
+    if _dtype_name(dtype) not in _LINALG_DTYPES:
+        raise ValueError(
+            f"{name} has dtype {_dtype_name(dtype)}; use float32 or float64 (the SVD and QR "
+            "of the geometry need them)"
+        )
+
+
+def quiet_overflow():
+    """A context in which NumPy's overflow / invalid-value warnings are silent.
+
+    For kernels that mark overflowing batch entries NaN on purpose (the unchecked
+    retractions); torch does not warn there.
+    """
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 def to_float(x: Array) -> float:
     """A Python float from a 0-d array (the only host transfer in this module)."""
     if is_torch(x):
@@ -170,7 +210,9 @@ class ArraySpec:
     """Where new arrays are made: ``backend`` ("numpy" or "torch"), device and dtype.
 
     Manifolds hold one so that ``random_point`` and ``zero_vector`` allocate
-    on the right device with the right dtype.
+    on the right device with the right dtype. Construction raises ``ValueError`` for a
+    dtype other than float32/float64 (float16 and bfloat16 have no SVD or QR) and for a
+    torch device this machine lacks (``device="cuda"`` without CUDA).
     """
 
     backend: str = "numpy"
@@ -182,6 +224,17 @@ class ArraySpec:
             raise ValueError(f"backend must be 'numpy' or 'torch', got {self.backend!r}")
         if self.backend == "numpy" and self.device not in (None, "cpu"):
             raise ValueError(f"NumPy arrays live on the CPU; got device={self.device!r}")
+        try:
+            dtype = self.resolved_dtype
+        except (TypeError, ValueError, AttributeError):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}") from None
+        if _dtype_name(dtype) not in _LINALG_DTYPES:
+            raise ValueError(
+                f"dtype must be float32 or float64, got {_dtype_name(dtype)} (the SVD and QR "
+                "of the geometry need single or double precision)"
+            )
+        if self.backend == "torch":
+            _check_torch_device(self.device)
 
     @property
     def resolved_dtype(self):
@@ -250,6 +303,23 @@ class ArraySpec:
                 raise ValueError(f"{name} must be a NumPy array, got a torch tensor")
 
 
+def _check_torch_device(device: Any) -> None:
+    """``ValueError`` for a device torch cannot parse or that this machine does not have."""
+    try:
+        dev = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a torch device; use 'cpu' or 'cuda'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available here; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS is not available here; use 'cpu'")
+
+
 def spec_of(x: Array) -> ArraySpec:
     """The :class:`ArraySpec` that makes arrays like ``x``."""
     if is_torch(x):
@@ -261,10 +331,12 @@ def make_generator(seed: Any = None, spec: ArraySpec | None = None):
     """Random generator for ``spec``'s backend.
 
     ``seed`` may already be a generator of the right kind (returned as is), an
-    integer seed, or None (fresh entropy). A NumPy generator passed to a torch
+    integer seed >= 0, or None (fresh entropy); anything else is a ``TypeError`` naming
+    ``generator``. A NumPy generator passed to a torch
     spec seeds a torch generator from it, so one seed drives both.
     """
     spec = spec or ArraySpec()
+    _check_seed(seed)
     if spec.backend == "torch":
         if isinstance(seed, torch.Generator):
             return seed
@@ -282,6 +354,22 @@ def make_generator(seed: Any = None, spec: ArraySpec | None = None):
     if torch is not None and isinstance(seed, torch.Generator):
         return np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=seed)))
     return np.random.default_rng(seed)
+
+
+def _check_seed(seed: Any) -> None:
+    """``TypeError`` unless ``seed`` is None, an integer or a NumPy / torch generator."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return
+    if torch is not None and isinstance(seed, torch.Generator):
+        return
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if seed < 0:
+            raise ValueError(f"generator: an integer seed must be >= 0, got {seed}")
+        return
+    raise TypeError(
+        "generator must be None, an integer seed, a numpy.random.Generator or a "
+        f"torch.Generator, got {type(seed).__name__} {seed!r}"
+    )
 
 
 def random_normal(shape: tuple[int, ...], spec: ArraySpec, generator: Any = None) -> Array:

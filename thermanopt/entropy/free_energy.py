@@ -23,6 +23,7 @@ from typing import Any
 
 import pymanopt
 from pymanopt.autodiff import Function
+from pymanopt.manifolds.manifold import Manifold
 
 from .._backend import to_float
 from .model import EntropyModel
@@ -66,6 +67,11 @@ def free_energy(
         ``temperature``, ``depth``, ``entropy(point)`` (a float) and
         ``entropy_gradient(point)`` (Euclidean).
     """
+    if manifold is not None and not isinstance(manifold, Manifold):
+        raise TypeError(
+            f"manifold must be a Pymanopt manifold (or None with a problem), got "
+            f"{type(manifold).__name__}"
+        )
     if isinstance(cost, pymanopt.Problem):
         base = cost
         if manifold is None:

@@ -27,7 +27,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._backend import content_key, copy, expm, matrix_transpose, namespace, same_content, to_float
+import numpy as np
+
+from .._backend import (
+    check_compatible,
+    check_finite,
+    check_real_float,
+    content_key,
+    copy,
+    expm,
+    matrix_transpose,
+    namespace,
+    same_content,
+    to_float,
+)
 from . import _metric
 from ._frames import BalancedFrames
 from ._svd import svd
@@ -59,6 +72,10 @@ class ObservableQuotient(DLNManifold):
     backend, device, dtype:
         Where :meth:`random_point` and friends allocate; all other methods work on
         whatever arrays they are given, keeping their device and dtype.
+    validate:
+        Methods that depend on the point check that it is finite and invertible (s_min >
+        100 d eps s_max, from the SVD the metric needs anyway) and that vectors are finite
+        (``ValueError``); shapes and dtypes are always checked.
 
     Notes
     -----
@@ -118,42 +135,79 @@ class ObservableQuotient(DLNManifold):
         if cache is not None and cache[0] is point and same_content(point, cache[1]):
             return cache[2]
         self._check_shape(point, "point", batched=True)
-        sp = _metric.Spectral(point, self.depth)
+        if self.checks_values:
+            check_finite(point, "point")
+        f = svd(point)
+        self._check_rank(f.s, "point")
+        sp = _metric.Spectral(f, self.depth)
         self._cache = (point, content_key(point), sp)
         return sp
+
+    def _checked(
+        self, point: Array, *vectors: tuple[str, Array], broadcast: bool = False
+    ) -> _metric.Spectral:
+        """Shapes of (name, vector) pairs, finite values (``validate``), the point's spectral
+        data (finite, invertible). ``broadcast``: vectors (..., d, d) broadcast with the point."""
+        for name, v in vectors:
+            if broadcast:
+                self._check_broadcast(point, v, name)
+            else:
+                self._check_pair(point, v, name)
+        sp = self._spectral(point)
+        if vectors:
+            self._check_values(point, *vectors)
+        return sp
+
+    def _check_broadcast(self, point: Array, v: Array, name: str) -> None:
+        """``v`` (..., d, d) like ``point``, its batch shape broadcasting with the point's."""
+        self._check_shape(point, "point", batched=True)
+        self._check_shape(v, name, batched=True)
+        check_compatible(point, v, names=("point", name))
+        try:
+            np.broadcast_shapes(tuple(point.shape[:-2]), tuple(v.shape[:-2]))
+        except ValueError:
+            raise ValueError(
+                f"{name} has shape {tuple(v.shape)}, which does not broadcast with the point "
+                f"{tuple(point.shape)}"
+            ) from None
 
     # ------------------------------------------------------------------
     # Metric
 
     def inner_product_array(self, point: Array, tangent_vector_a: Array, tangent_vector_b: Array):
         """g_N(X)(Z1, Z2) = sum_ij (U^T Z1 V)_ij (U^T Z2 V)_ij / K_ij (one SVD)."""
+        self._check_pair(point, tangent_vector_a, "tangent_vector_a")
+        self._check_pair(point, tangent_vector_b, "tangent_vector_b")
         return _metric.metric_inner(
             self._spectral(point), tangent_vector_a, tangent_vector_b, self.depth
         )
 
     def metric(self, point: Array, tangent_vector: Array) -> Array:
         """Lower an index: A_{N,X}^{-1}(Z), so g_N(X)(Y, Z) = <Y, metric(X, Z)>. Batched."""
-        return _metric.apply_A_inv(self._spectral(point), tangent_vector, self.depth)
+        sp = self._checked(point, ("tangent_vector", tangent_vector), broadcast=True)
+        return _metric.apply_A_inv(sp, tangent_vector, self.depth)
 
     def metric_inverse(self, point: Array, covector: Array) -> Array:
         """Raise an index: A_{N,X}(P). Batched over leading axes."""
-        return _metric.apply_A(self._spectral(point), covector, self.depth)
+        sp = self._checked(point, ("covector", covector), broadcast=True)
+        return _metric.apply_A(sp, covector, self.depth)
 
     def christoffel(self, point: Array, tangent_vector_a: Array, tangent_vector_b: Array) -> Array:
         """Gamma_X(Z1, Z2) of g_N in the coordinates X (geodesics: x'' = -Gamma(x', x'))."""
-        return _metric.christoffel(
-            self._spectral(point), tangent_vector_a, tangent_vector_b, self.depth
+        sp = self._checked(
+            point, ("tangent_vector_a", tangent_vector_a), ("tangent_vector_b", tangent_vector_b)
         )
+        return _metric.christoffel(sp, tangent_vector_a, tangent_vector_b, self.depth)
 
     def projection(self, point: Array, vector: Array) -> Array:
         """Identity (a copy): the tangent space at X is all of R^{d x d}."""
-        self._check_pair(point, vector, "vector")
+        self._checked(point, ("vector", vector))
         return _copy(vector)
 
     def euclidean_to_riemannian_gradient(self, point: Array, euclidean_gradient: Array) -> Array:
         """grad E(X) = A_{N,X}(nabla E(X)) = U (K o (U^T G V)) V^T."""
-        self._check_pair(point, euclidean_gradient, "euclidean_gradient")
-        return _metric.apply_A(self._spectral(point), euclidean_gradient, self.depth)
+        sp = self._checked(point, ("euclidean_gradient", euclidean_gradient))
+        return _metric.apply_A(sp, euclidean_gradient, self.depth)
 
     def euclidean_to_riemannian_hessian(
         self,
@@ -163,18 +217,33 @@ class ObservableQuotient(DLNManifold):
         tangent_vector: Array,
     ) -> Array:
         """Hess f(X)[Z] = A(H[Z]) + DA_X[Z](G) + Gamma_X(Z, A G) (Levi-Civita of g_N)."""
+        sp = self._checked(
+            point,
+            ("euclidean_gradient", euclidean_gradient),
+            ("euclidean_hessian", euclidean_hessian),
+            ("tangent_vector", tangent_vector),
+        )
         return _metric.riemannian_hessian(
-            self._spectral(point), euclidean_gradient, euclidean_hessian, tangent_vector, self.depth
+            sp, euclidean_gradient, euclidean_hessian, tangent_vector, self.depth
         )
 
     # ------------------------------------------------------------------
     # Retractions and transport
 
     def retraction_first_order(self, point: Array, tangent_vector: Array) -> Array:
-        """X expm(X^{-1} Z): first order for g_N; stays in the component of X."""
-        self._check_pair(point, tangent_vector)
+        """X expm(X^{-1} Z): first order for g_N; stays in the component of X.
+
+        ``ValueError`` for a singular or non-finite X and when the step overflows.
+        """
+        self._checked(point, ("tangent_vector", tangent_vector))
         xp = namespace(point, tangent_vector)
-        return point @ expm(xp.linalg.solve(point, tangent_vector))
+        out = point @ expm(xp.linalg.solve(point, tangent_vector))
+        if not bool(to_float(xp.all(xp.isfinite(out)))):
+            raise ValueError(
+                "retraction_first_order: the step along tangent_vector overflows; take a "
+                "shorter step"
+            )
+        return out
 
     def retraction_second_order(self, point: Array, tangent_vector: Array) -> Array:
         """X' = phi(W + lift_W(Z)), W the balanced lift of X: second order for g_N.
@@ -186,8 +255,17 @@ class ObservableQuotient(DLNManifold):
         X' = U prod_{p=N..1} (L + C o M_p) V^T with C = (U^T Z V) / K. A step that would
         change the sign of det X reflects the smallest singular direction instead, so X'
         never leaves the component of X. A polynomial: defined for every Z.
+
+        ``ValueError`` for a bad point or vector (with ``validate``) and when the step
+        overflows (take a shorter step); NaN there in :meth:`unchecked` mode (the step
+        rule's).
         """
-        self._check_pair(point, tangent_vector)
+        return super().retraction_second_order(point, tangent_vector)
+
+    def _check_step_start(self, point: Array, tangent_vector: Array) -> None:
+        self._checked(point, ("tangent_vector", tangent_vector))
+
+    def _retract(self, point: Array, tangent_vector: Array) -> Array:
         sp = self._spectral(point)
         xp = namespace(point)
         f = sp.f
@@ -212,7 +290,10 @@ class ObservableQuotient(DLNManifold):
 
     def transport(self, point_a: Array, point_b: Array, tangent_vector_a: Array) -> Array:
         """Projection-based transport: the identity (tangent spaces are all R^{d x d})."""
-        self._check_pair(point_b, tangent_vector_a)
+        self._check_pair(point_b, point_a, "point_a", "point_b")
+        if self.checks_values:
+            self._spectral(point_a)  # finite and invertible
+        self._checked(point_b, ("tangent_vector_a", tangent_vector_a))
         return _copy(tangent_vector_a)
 
     def dist(self, point_a: Array, point_b: Array) -> float:
@@ -233,19 +314,24 @@ class ObservableQuotient(DLNManifold):
     # The bundle: X is its own observable
 
     def end_to_end(self, point: Array) -> Array:
-        """X itself."""
+        """X itself (shape checks only, safe in autodiff)."""
+        self._check_shape(point, "point", batched=True)
         return point
 
     def end_to_end_differential(self, point: Array, tangent_vector: Array) -> Array:
         """Z itself."""
+        self._check_pair(point, tangent_vector)
         return tangent_vector
 
     def end_to_end_adjoint(self, point: Array, covector: Array) -> Array:
         """G itself."""
+        self._check_pair(point, covector, "covector")
         return covector
 
     def end_to_end_adjoint_derivative(self, point: Array, vector: Array, covector: Array):
         """Zero: the adjoint does not depend on X."""
+        self._check_pair(point, vector, "vector")
+        self._check_pair(point, covector, "covector")
         return 0.0 * covector
 
     def to_balanced(self, point: Array, frames: Array | None = None) -> Array:
@@ -254,29 +340,45 @@ class ObservableQuotient(DLNManifold):
         W[p-1] = Q_p diag(s^(1/N)) Q_{p-1}^T with Q_0 = V, Q_N = U and the free frames
         Q_1..Q_{N-1} (shape (..., depth-1, d, d), default the identity).
         """
-        return balanced_from(point, frames, self.depth)
+        sp = self._spectral(point)
+        if frames is not None:
+            d, N = self.width, self.depth
+            check_real_float(frames, "frames")
+            check_compatible(point, frames, names=("point", "frames"))
+            if len(frames.shape) < 3 or tuple(frames.shape[-3:]) != (N - 1, d, d):
+                raise ValueError(
+                    f"frames has shape {tuple(frames.shape)}, expected (..., {N - 1}, {d}, {d})"
+                )
+            self.total_space._check_orthogonal(frames, "frames")
+        return balanced_from(sp.f, frames, self.depth)
 
     def from_balanced(self, W: Array) -> Array:
-        """phi(W) = W[N-1] @ ... @ W[0]."""
-        if tuple(W.shape[-3:]) != (self.depth, self.width, self.width):
-            raise ValueError(
-                f"W must have shape (..., {self.depth}, {self.width}, {self.width}), "
-                f"got {tuple(W.shape)}"
-            )
+        """phi(W) = W[N-1] @ ... @ W[0] (the point a balanced stack W represents; any stack
+        of shape (..., N, d, d) is accepted, as phi is defined for all of them)."""
+        self.total_space._check_shape(W, "W", batched=True)
         return end_to_end(W)
 
     def pull_back(self, W: Array, covector: Array) -> Array:
         """dphi_W^*(G): the gradient in W of f(phi(W))."""
+        total = self.total_space
+        total._check_covector(W, covector)
         return end_to_end_adjoint(W, covector)
 
     @property
     def total_space(self) -> Any:
-        """BalancedManifold(width, depth) with this manifold's array spec."""
+        """BalancedManifold(width, depth) with this manifold's array spec and ``validate``."""
         sp = self.spec
         return BalancedManifold(
-            self.width, self.depth, backend=sp.backend, device=sp.device, dtype=sp.dtype
+            self.width,
+            self.depth,
+            backend=sp.backend,
+            device=sp.device,
+            dtype=sp.dtype,
+            validate=self.validate,
         )
 
     def reproject(self, point: Array) -> Array:
-        """X itself (a copy): GL(d) is open, there is nothing to drift from."""
+        """X itself (a copy): GL(d) is open, there is nothing to drift from (``validate``:
+        X must be finite and invertible)."""
+        self._spectral(point)
         return _copy(point)

@@ -7,6 +7,10 @@ retraction is second order and never leaves the component of x (both DLN manifol
 O(sqrt(h)) noise makes the retraction's curvature error an O(h) drift (the Ito
 correction).
 
+The rule calls the manifold's ``retraction`` inside ``manifold.unchecked()`` on thermanopt's
+manifolds, so a batch entry whose step overflows or lands on the rank-deficient set comes
+back NaN instead of raising (outside that mode ``retraction`` raises ``ValueError`` there).
+
 Rescue: a result that is not ``regular`` (non-finite, or a numerically rank-deficient
 end-to-end matrix on a DLN manifold) is retried with v/2, up to ``max_halvings`` times, and
 the step is rejected (x kept) if it still fails. Every point of a batch (leading axes, e.g.
@@ -25,6 +29,13 @@ from .base import ThermanoptManifold
 Array = Any
 
 __all__ = ["StepRule"]
+
+
+def _retract(manifold: Any, x: Array, v: Array) -> Array:
+    if isinstance(manifold, ThermanoptManifold):
+        with manifold.unchecked():
+            return manifold.retraction(x, v)
+    return manifold.retraction(x, v)
 
 
 def _regular(manifold: Any, points: Array) -> Array:
@@ -56,7 +67,7 @@ class StepRule:
 
     def __call__(self, manifold: Any, x: Array, v: Array) -> Array:
         xp = namespace(x, v)
-        y = manifold.retraction(x, v)
+        y = _retract(manifold, x, v)
         ok = _regular(manifold, y)
         self.steps += math.prod(tuple(ok.shape))
         bad = int(to_float(xp.sum(xp.astype(~ok, xp.int64))))
@@ -68,7 +79,7 @@ class StepRule:
         scale = 1.0
         for _ in range(self.max_halvings):
             scale *= 0.5
-            trial = manifold.retraction(x, scale * v)
+            trial = _retract(manifold, x, scale * v)
             good = _regular(manifold, trial) & ~ok
             y = xp.where(good[expand], trial, y)
             ok = ok | good

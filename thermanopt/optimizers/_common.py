@@ -2,20 +2,113 @@
 
 :func:`check_like` (array type, device and dtype of a point against a reference) and
 :func:`check_finite_at` (a value at a named iteration) raise ``ValueError`` naming the
-offending quantity. :class:`FiniteMonitor` does the non-finite check of arrays on their
-device (no host transfer per step) and reports the first bad iteration when
-:meth:`FiniteMonitor.raise_if_bad` is called (e.g. every few hundred steps).
+offending quantity; :func:`check_initial_point` gives one-line errors for a start that cannot
+work (wrong array type for the manifold or the cost, NaN, off the manifold, singular), and
+:func:`unchecked` is the mode of the inner loops (the manifold's value checks off, see
+:meth:`~thermanopt.manifolds.base.ThermanoptManifold.unchecked`). :class:`FiniteMonitor`
+does the non-finite check of arrays on their device (no host transfer per step) and reports
+the first bad iteration when :meth:`FiniteMonitor.raise_if_bad` is called (e.g. every few
+hundred steps).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from .._backend import check_compatible, device_of, namespace, to_float
+from .._backend import (
+    check_compatible,
+    check_finite,
+    check_real_float,
+    device_of,
+    is_torch,
+    namespace,
+    to_float,
+)
+from ..manifolds.base import ThermanoptManifold
 
 Array = Any
 
-__all__ = ["check_like", "check_finite_at", "FiniteMonitor"]
+__all__ = [
+    "check_like",
+    "check_finite_at",
+    "FiniteMonitor",
+    "check_initial_point",
+    "unchecked",
+    "check_count",
+]
+
+
+def check_count(value: Any, name: str, minimum: int | None = 0) -> int:
+    """``value`` as an int; ``ValueError`` naming ``name`` for a non-integer or one below
+    ``minimum`` (None: no lower bound)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        out = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if out != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return out
+
+
+_NUMPY_COST_BACKENDS = ("autograd", "numpy", "jax")
+
+
+def unchecked(manifold: Any) -> Any:
+    """``manifold.unchecked()`` for thermanopt's manifolds, else a null context."""
+    if isinstance(manifold, ThermanoptManifold):
+        return manifold.unchecked()
+    return contextlib.nullcontext()
+
+
+def _cost_backend(problem: Any) -> str | None:
+    """The name of the Pymanopt backend of a problem's cost (lower case), if it has one."""
+    backend = getattr(getattr(problem, "_original_cost", None), "_backend", None)
+    return None if backend is None else str(backend).lower()
+
+
+def check_initial_point(
+    manifold: Any, x: Any, problem: Any = None, validate: bool = True, batched: bool = False
+) -> None:
+    """One-line ``ValueError`` for an initial point that cannot start a run (``TypeError``
+    for a non-array).
+
+    Always (metadata only): ``x`` is a float32/float64 array; its array type (NumPy or
+    torch) is the one the manifold allocates (``manifold.spec``) and the one the cost's
+    Pymanopt backend computes with (a torch tensor cannot go to an ``autograd`` / ``numpy``
+    cost). With ``validate``: NaN/inf, and on thermanopt's manifolds ``check_point`` (on the
+    manifold, full rank), each message starting with "initial point". ``batched``: ``x``
+    holds one point per leading index (Langevin chains).
+    """
+    check_real_float(x, "initial point")
+    spec = getattr(manifold, "spec", None)
+    if spec is not None and (spec.backend == "torch") != is_torch(x):
+        kind = "a torch tensor" if is_torch(x) else "a NumPy array"
+        want = "a torch tensor" if spec.backend == "torch" else "a NumPy array"
+        raise ValueError(
+            f"initial point is {kind} but the manifold was built with backend="
+            f"{spec.backend!r}; pass {want}"
+        )
+    backend = _cost_backend(problem)
+    if backend is not None and is_torch(x) and backend.split()[0] in _NUMPY_COST_BACKENDS:
+        raise ValueError(
+            f"initial point is a torch tensor but the cost uses the {backend} backend (NumPy "
+            "arrays): pass a NumPy array, or decorate the cost with thermanopt.function.torch"
+        )
+    if not validate:
+        return
+    check_finite(x, "initial point")
+    if isinstance(manifold, ThermanoptManifold):
+        points = [x[i] for i in range(x.shape[0])] if batched else [x]
+        for p in points:
+            try:
+                manifold.check_point(p)
+            except ValueError as exc:
+                raise ValueError(f"initial point: {exc}") from None
 
 
 def check_like(

@@ -48,14 +48,20 @@ from typing import Any
 from pymanopt.optimizers.line_search import BackTrackingLineSearcher
 from pymanopt.optimizers.optimizer import Optimizer, OptimizerResult
 
-from .._backend import to_float
+from .._backend import namespace, to_float
 from ..entropy.model import EntropyModel
-from ._common import check_finite_at
+from ._common import check_finite_at, check_initial_point, unchecked
 from .schedules import Schedule, as_schedule
 
 Array = Any
 
 __all__ = ["FreeEnergyDescent"]
+
+
+def _finite(y: Array) -> bool:
+    """True when the trial point ``y`` has only finite entries (one host read)."""
+    xp = namespace(y)
+    return bool(to_float(xp.all(xp.isfinite(y))))
 
 
 class _GivenEntropy:
@@ -129,11 +135,16 @@ class FreeEnergyDescent(Optimizer):
         initial_point: Array | None = None,
         callback: Callable[[int, Array, dict], bool] | None = None,
         reuse_line_searcher: bool = False,
+        validate: bool = True,
     ) -> OptimizerResult:
         """Minimise F = E - T_k S from ``initial_point`` (random if None).
 
         Raises ``ValueError`` naming the iteration when E, S or a gradient is
-        not finite, and when T > 0 on a manifold without an entropy.
+        not finite, and when T > 0 on a manifold without an entropy; for an initial
+        point whose array type differs from the manifold's or the cost's (a torch tensor
+        for an ``autograd`` cost), or, with ``validate``, that is not finite, off the
+        manifold or singular (messages start with "initial point"). Trial points of the
+        line search whose retraction overflows count as F = +inf (the search steps back).
         """
         manifold = problem.manifold
         energy = problem.cost
@@ -146,6 +157,7 @@ class FreeEnergyDescent(Optimizer):
         line_searcher = self.line_searcher
 
         x = manifold.random_point() if initial_point is None else initial_point
+        check_initial_point(manifold, x, problem, validate=validate)
         self._initialize_log(
             optimizer_parameters={"line_searcher": line_searcher, "schedule": repr(schedule)}
         )
@@ -172,11 +184,16 @@ class FreeEnergyDescent(Optimizer):
 
                 def objective(y: Array, T: float = T) -> float:
                     # where two singular values vanish S = -inf, F = +inf: step back
+                    if not _finite(y):
+                        return math.inf
                     return energy(y) - T * model.value_or_minus_inf(y)
 
                 F = E - T * S
             else:
-                objective = energy
+
+                def objective(y: Array) -> float:
+                    return energy(y) if _finite(y) else math.inf
+
                 F = E
             gradient_norm = manifold.norm(x, grad)
             check_finite_at(gradient_norm, "gradient", iteration)
@@ -189,9 +206,10 @@ class FreeEnergyDescent(Optimizer):
                 # fall back to the searcher's initial step)
                 old_F = records[-1]["E"] - T * records[-1]["S"]
                 line_searcher._oldf0 = old_F if old_F > F else None
-            step_size, x = line_searcher.search(
-                objective, manifold, x, -grad, F, -(gradient_norm**2)
-            )
+            with unchecked(manifold):  # an overflowing trial step is NaN, F = +inf there
+                step_size, x = line_searcher.search(
+                    objective, manifold, x, -grad, F, -(gradient_norm**2)
+                )
             record = {
                 "iteration": iteration,
                 "E": float(E),

@@ -63,7 +63,14 @@ from .._backend import (
 from ..entropy.model import EntropyModel
 from ..manifolds import DLNManifold
 from ..manifolds.step import StepRule
-from ._common import FiniteMonitor, check_finite_at, check_like
+from ._common import (
+    FiniteMonitor,
+    check_count,
+    check_finite_at,
+    check_initial_point,
+    check_like,
+    unchecked,
+)
 from ._step import tangent_noise
 from .schedules import check_step_size, check_temperature
 from .sharding import ChainShard
@@ -129,8 +136,8 @@ class RiemannianLangevin:
         self.temperature = check_temperature(temperature)
         self.step_size = check_step_size(step_size)
         self.entropy_weight = check_temperature(entropy_weight, "entropy_weight")
-        self.max_halvings = int(max_halvings)
-        self.check_every = int(check_every)
+        self.max_halvings = check_count(max_halvings, "max_halvings", 0)
+        self.check_every = check_count(check_every, "check_every", 1)
         self.log: dict = {}
 
     # ------------------------------------------------------------------
@@ -169,11 +176,17 @@ class RiemannianLangevin:
         thin: int = 1,
         generator: Any = None,
         batched_cost: bool = False,
+        validate: bool = True,
         *,
         process_group: Any = None,
         gather: bool = False,
     ) -> Array:
         """Run ``n_chains`` chains for ``n_steps`` steps; keep every ``thin``-th state.
+
+        ``validate`` checks every chain's initial point once (finite, on the manifold, full
+        rank: errors start with "initial point"); its array type is always checked against
+        the manifold and the cost. The chains then run in the manifold's ``unchecked`` mode
+        (non-finite states are caught per step, or every ``check_every`` steps on a GPU).
 
         Returns an array of shape (n_steps // thin, n_chains, *point_shape), the states
         after steps thin, 2 thin, ... (array type, device and dtype of the initial point).
@@ -190,21 +203,38 @@ class RiemannianLangevin:
         ``all_gather`` at the end), otherwise the rank's own chains. The law is the same:
         the chains are independent.
         """
-        n_steps, n_chains, thin = int(n_steps), int(n_chains), int(thin)
+        n_steps, n_chains, thin = (
+            check_count(n_steps, "n_steps", None),
+            check_count(n_chains, "n_chains", None),
+            check_count(thin, "thin", None),
+        )
         if n_steps < 0 or n_chains < 1 or thin < 1:
             raise ValueError(
                 f"need n_steps >= 0, n_chains >= 1, thin >= 1; got {n_steps}, {n_chains}, {thin}"
             )
         manifold = problem.manifold
         X = self._batch(manifold, initial_point, n_chains)
+        check_initial_point(manifold, X, problem, validate=validate, batched=True)
         shard = ChainShard.of(process_group, n_chains, generator)
-        X = X[shard.chains]
+        total = manifold.total_space if isinstance(manifold, DLNManifold) else manifold
+        with unchecked(manifold), unchecked(total):
+            out = self._sample(
+                problem, manifold, total, X[shard.chains], n_steps, thin, shard, batched_cost
+            )
+        return shard.gather(out) if gather else out
+
+    def _sample(self, problem, manifold, total, X, n_steps, thin, shard, batched_cost):
         spec = spec_of(X)
         gen = make_generator(shard.seed, spec)
         xp = namespace(X)
         grad = _BatchGradient(problem, batched_cost, X)
         rule = StepRule(self.max_halvings)
-        step = self._bundle_step if isinstance(manifold, DLNManifold) else self._generic_step
+        if isinstance(manifold, DLNManifold):
+
+            def step(manifold, X, G, gen, rule):
+                return self._bundle_step(manifold, X, G, gen, rule, total)
+        else:
+            step = self._generic_step
         entropy = self._entropy_drift(manifold)
         monitor = FiniteMonitor()
         deferred = on_accelerator(X)
@@ -261,8 +291,7 @@ class RiemannianLangevin:
                 f"{self.max_halvings} halvings (the chains diverge): lower the step size "
                 f"(now {self.step_size})"
             )
-        out = xp.stack(kept, axis=0) if kept else xp.zeros_like(X)[None][:0]
-        return shard.gather(out) if gather else out
+        return xp.stack(kept, axis=0) if kept else xp.zeros_like(X)[None][:0]
 
     # ------------------------------------------------------------------
     def _entropy_drift(self, manifold: Any) -> Callable[[Array], Array] | None:
@@ -275,10 +304,9 @@ class RiemannianLangevin:
         model = EntropyModel(manifold)
         return lambda X: weight * model.euclidean_gradient(X)
 
-    def _bundle_step(self, manifold: Any, X: Array, G: Array, gen: Any, rule: StepRule):
+    def _bundle_step(self, manifold: Any, X: Array, G: Array, gen: Any, rule: StepRule, total: Any):
         """The balanced step from the balanced stacks over X, mapped back (module doc)."""
         h, T = self.step_size, self.temperature
-        total = manifold.total_space
         W = manifold.to_balanced(X)
         E = (-h) * manifold.pull_back(W, G)
         if T > 0:

@@ -43,7 +43,7 @@ from pymanopt.optimizers.optimizer import Optimizer, OptimizerResult
 from .._backend import device_of, make_generator, namespace, spec_of, to_float
 from ..entropy.model import EntropyModel
 from ..manifolds.step import StepRule
-from ._common import FiniteMonitor
+from ._common import FiniteMonitor, check_count, check_initial_point, unchecked
 from ._step import inner_array, tangent_noise
 from .problem import StochasticProblem, as_stochastic
 from .schedules import as_schedule
@@ -93,10 +93,8 @@ class _StochasticRiemannianOptimizer(Optimizer):
         self.noise_temperature = as_schedule(noise_temperature, name="noise_temperature")
         self._entropy_gradient = entropy_gradient
         self._seed = generator
-        if int(check_every) < 1:
-            raise ValueError(f"check_every must be >= 1, got {check_every}")
-        self.check_every = int(check_every)
-        self.max_halvings = int(max_halvings)
+        self.check_every = check_count(check_every, "check_every", 1)
+        self.max_halvings = check_count(max_halvings, "max_halvings", 0)
 
     # hooks ---------------------------------------------------------------
     def _direction(self, manifold, point, grad, state, k: int) -> Array:
@@ -123,12 +121,18 @@ class _StochasticRiemannianOptimizer(Optimizer):
         *,
         initial_point: Array | None = None,
         callback: Callable[[int, Array, dict], Any] | None = None,
+        validate: bool = True,
     ) -> OptimizerResult:
         """Run the optimizer.
 
         Args:
             problem: a :class:`StochasticProblem` or a ``pymanopt.Problem``.
             initial_point: start (default ``manifold.random_point()``).
+            validate: check the initial point once (finite, on the manifold, full rank;
+                errors start with "initial point"); its array type, device and dtype are
+                always checked against the manifold and the cost. The loop itself runs in
+                the manifold's ``unchecked`` mode (non-finite values are caught by the
+                periodic checks, naming the iteration).
             callback: ``callback(iteration, point, record)`` after every step (``record``
                 has iteration, cost (minibatch, as returned), step_size, temperature,
                 noise_temperature, time); a truthy return value stops the run.
@@ -147,10 +151,13 @@ class _StochasticRiemannianOptimizer(Optimizer):
         sp = as_stochastic(problem)
         manifold = sp.manifold
         x = manifold.random_point() if initial_point is None else initial_point
+        check_initial_point(manifold, x, getattr(sp, "problem", None), validate=False)
         _check_point_like(x, manifold)
-        check = getattr(manifold, "check_point", None)
-        if check is not None:
-            check(x)
+        check_initial_point(manifold, x, validate=validate)
+        with unchecked(manifold):
+            return self._run(sp, manifold, x, callback)
+
+    def _run(self, sp: Any, manifold: Any, x: Array, callback: Any) -> OptimizerResult:
         gen = make_generator(self._seed, spec_of(x))
         noisy = not self.noise_temperature.is_zero
         if noisy:
