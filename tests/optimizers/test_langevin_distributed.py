@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from scipy import stats
 
+import thermanopt.function
 from thermanopt.manifolds import ObservableQuotient
 from thermanopt.optimizers import RiemannianLangevin
 from thermanopt.optimizers.sharding import chain_shard
@@ -31,15 +32,11 @@ CHAINS, STEPS, WORLD = 801, 250, 2
 def _problem():
     M = ObservableQuotient(2, 2, backend="torch")
 
-    @pymanopt.function.numpy(M)
+    @thermanopt.function.torch(M)
     def cost(X):
         return 0.5 * (X**2).sum()
 
-    @pymanopt.function.numpy(M)
-    def egrad(X):
-        return X * 1.0
-
-    return pymanopt.Problem(M, cost, euclidean_gradient=egrad)
+    return pymanopt.Problem(M, cost)
 
 
 def _start():
