@@ -22,7 +22,8 @@ import random
 import torch
 from torch import nn
 
-from .symmetries import Symmetry, SymmetryReport
+from .actions import make_action
+from .report import Symmetry, SymmetryReport
 
 __all__ = ["verify_report", "verify_symmetry", "apply_symmetry", "random_element",
            "tangent_vectors", "jacobian_nullity", "parameters64", "make_claim"]
@@ -62,262 +63,18 @@ def _forward(m64: nn.Module, params: dict, inputs: tuple) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- group elements
-def _rand_matrix(kind: str, n: int, c: int, gen: torch.Generator) -> torch.Tensor:
-    def one():
-        if kind == "perm":
-            return torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=gen)]
-        if kind == "sign":
-            s = torch.randint(0, 2, (n,), generator=gen).to(torch.float64) * 2 - 1
-            return torch.diag(s)
-        if kind == "pdiag":
-            return torch.diag(torch.exp(0.5 * torch.randn(n, generator=gen, dtype=torch.float64)))
-        if kind == "homog":
-            return torch.eye(n, dtype=torch.float64) * math.exp(
-                0.5 * torch.randn(1, generator=gen, dtype=torch.float64).item())
-        if kind == "gl":
-            a = torch.randn(n, n, generator=gen, dtype=torch.float64) * (0.5 / math.sqrt(n))
-            return torch.linalg.matrix_exp(a)
-        if kind == "orth":
-            q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
-            return q * torch.sign(torch.diagonal(r))
-        raise ValueError(f"unknown group type {kind}")
-
-    return torch.stack([one() for _ in range(c)]) if c > 1 else one()
-
-
 def random_element(sym: Symmetry, gen: torch.Generator | int = 0):
-    """A random group element of ``sym`` (matrix, batch of matrices, or a shift)."""
+    """A random non-identity group element of ``sym`` (see :meth:`Action.random_element`)."""
     if isinstance(gen, int):
         gen = torch.Generator().manual_seed(gen)
-    t = sym.action["type"]
-    if t in ("null", "translation", "trade", "ln_null", "center", "ln_shift"):
-        return gen
-    if t == "ln_orth":
-        n = sym.size
-        r = _rand_matrix("orth", n - 1, 1, gen)
-        b = _ones_complement(n)
-        return torch.outer(torch.ones(n, dtype=torch.float64), torch.ones(
-            n, dtype=torch.float64)) / n + b @ r @ b.T
-    c = sym.copies
-    return _rand_matrix(t, sym.size, c, gen)
-
-
-def _leaf_positions(ctx, k):
-    """Expanded (leaf-level) shape of piece k and the flat position of every leaf."""
-    dims = ctx["piece_axes"][k]
-    segs = ctx["segs"]
-    shape, where, flat = [], {}, 0
-    offsets = []
-    for lf in dims:
-        offsets.append(flat)
-        if not lf:
-            shape.append(1)
-            flat += 1
-            continue
-        for leaf, _p in lf:
-            shape.append(segs[leaf].size)
-            where.setdefault(leaf, flat)
-            flat += 1
-    return shape, where, offsets
-
-
-def _apply_axis(t: torch.Tensor, shape, target: int, copies_at: int | None, mat: torch.Tensor):
-    te = t.reshape(shape)
-    if mat.dim() == 2:
-        te = torch.movedim(te, target, -1)
-        te = te @ mat.transpose(0, 1)
-        te = torch.movedim(te, -1, target)
-    else:
-        te = torch.movedim(te, (copies_at, target), (-2, -1))
-        te = torch.einsum("...cb,cab->...ca", te, mat)
-        te = torch.movedim(te, (-2, -1), (copies_at, target))
-    return te.reshape(t.shape)
-
-
-def _act_leaf(params, ctx, leaf: int, mat: torch.Tensor, linear: bool = False) -> None:
-    """Transform every parameter axis of coupled space ``leaf`` by ``mat`` (or its dual)."""
-    an = ctx["analysis"]
-    segs = ctx["segs"]
-    for k, d, pos, par in ctx["leaf_index"].get(leaf, []):
-        pc = ctx["pieces"][k]
-        shape, where, offsets = _leaf_positions(ctx, k)
-        target = offsets[d] + pos
-        copies_at = None
-        if mat.dim() == 3:
-            cleaves = an.leaves([segs[leaf].copies_of])
-            if len(cleaves) != 1 or cleaves[0][0] not in where:
-                raise ValueError(f"per-copy map on {pc.name} without its copy axis")
-            copies_at = where[cleaves[0][0]]
-        if par:
-            m = -mat.transpose(-1, -2) if linear else torch.linalg.inv(mat).transpose(-1, -2)
-        else:
-            m = mat
-        view = params[pc.name][pc.index] if pc.index else params[pc.name]
-        new = _apply_axis(view, shape, target, copies_at, m.to(view))
-        if pc.index:
-            params[pc.name][pc.index] = new
-        else:
-            params[pc.name] = new
+    return sym.action.random_element(sym, gen)
 
 
 def apply_symmetry(params: dict, report: SymmetryReport, sym: Symmetry, element) -> dict:
     """Return a copy of ``params`` transformed by the group element ``element`` of ``sym``."""
-    ctx = report.context
     out = {k: v.clone() for k, v in params.items()}
-    t = sym.action["type"]
-    if t == "null":
-        gen = element
-        name, idx = sym.action["param"], sym.action["index"]
-        view = out[name][idx] if idx else out[name]
-        shift = torch.randn(view.shape, generator=gen, dtype=torch.float64).to(view)
-        if idx:
-            out[name][idx] = view + shift
-        else:
-            out[name] = view + shift
-        return out
-    if t == "trade":
-        gen = element
-        u = torch.randn(sym.size, generator=gen, dtype=torch.float64)
-        _trade_apply(out, sym.action, u)
-        return out
-    if t == "ln_shift":
-        c = torch.randn(1, generator=element, dtype=torch.float64).item()
-        out[sym.action["src"]] = out[sym.action["src"]] + c
-        out[sym.action["dst"]] = out[sym.action["dst"]] - c
-        return out
-    if t == "ln_orth":
-        _ln_orth_apply(out, ctx, sym.action, element, linear=False)
-        return out
-    if t == "ln_null":
-        act = sym.action
-        c = torch.randn(act["rows"], generator=element, dtype=torch.float64)
-        dw, db = _ln_null_delta(out, act, c.to(out[act["weight"]]))
-        out[act["weight"]] = out[act["weight"]] + dw.to(out[act["weight"]].dtype)
-        if db is not None:
-            out[act["bias"]] = out[act["bias"]] + db.to(out[act["bias"]].dtype)
-        return out
-    if t == "center":
-        for k, d, pos in sym.action["producers"]:
-            pc, delta = _center_delta(out, ctx, k, d, pos, a_gen=element)
-            if pc.index:
-                out[pc.name][pc.index] = out[pc.name][pc.index] + delta
-            else:
-                out[pc.name] = out[pc.name] + delta
-        return out
-    if t == "translation":
-        gen = element
-        w = out[sym.action["weight"]]
-        v = torch.randn(w.shape[1], generator=gen, dtype=torch.float64).to(w)
-        out[sym.action["weight"]] = w + v[None, :]
-        if sym.action.get("bias"):
-            out[sym.action["bias"]] = out[sym.action["bias"]] + torch.randn(
-                1, generator=gen, dtype=torch.float64).item()
-        return out
-    if t == "custom":
-        for name, dim, par in sym.action["axes"]:
-            m = element if par == 0 else torch.linalg.inv(element).T
-            x = torch.movedim(out[name], dim, -1) @ m.T.to(out[name])
-            out[name] = torch.movedim(x, -1, dim)
-        return out
-    for leaf in sym.action["leaves"]:
-        _act_leaf(out, ctx, leaf, element)
+    sym.action.apply(out, report.context, sym, element)
     return out
-
-
-def _ones_complement(n: int) -> torch.Tensor:
-    """Orthonormal basis (n, n-1) of the complement of the all-ones vector."""
-    a = torch.cat([torch.ones(n, 1, dtype=torch.float64),
-                   torch.eye(n, dtype=torch.float64)[:, : n - 1]], dim=1)
-    return torch.linalg.qr(a)[0][:, 1:]
-
-
-def _ln_orth_apply(out: dict, ctx: dict, action: dict, m: torch.Tensor, linear: bool) -> None:
-    """Residual rotation fixing 1 (group element M, or Lie-algebra element A when
-    ``linear``: the result is then the derivative, written into ``out`` as a delta):
-    every parameter axis of the space by M, each LayerNorm reader
-    ``W' = W diag(g) M^T diag(1/g)``, ``b' = b + (W - W') beta``."""
-    base = {k: v.clone() for k, v in out.items()} if linear else out
-    if linear:
-        for k in out:
-            out[k].zero_()
-        tmp = {k: v.clone() for k, v in base.items()}
-        for k, dd, pos, par in ctx["leaf_index"].get(action["leaf"], []):
-            pc = ctx["pieces"][k]
-            shape, _where, offs = _leaf_positions(ctx, k)
-            view = tmp[pc.name][pc.index] if pc.index else tmp[pc.name]
-            mm = -m.transpose(0, 1) if par else m
-            delta = _apply_axis(view, shape, offs[dd] + pos, None, mm.to(view))
-            if pc.index:
-                out[pc.name][pc.index] += delta
-            else:
-                out[pc.name] += delta
-    else:
-        _act_leaf(out, ctx, action["leaf"], m)
-    for nrm in action["norms"]:
-        for wname, bname in nrm["readers"]:
-            w = base[wname]
-            g = base[nrm["gamma"]] if nrm["gamma"] else torch.ones(w.shape[1]).to(w)
-            # group: W diag(g) M^T diag(1/g); algebra (M = I + A): dW = W diag(g) A^T diag(1/g)
-            c = (g[:, None] * m.transpose(0, 1).to(w)) / g[None, :]
-            w_new = w @ c
-            if linear:
-                out[wname] += w_new
-            else:
-                out[wname] = w_new
-            if nrm["beta"] is not None and bname is not None:
-                be = base[nrm["beta"]]
-                if linear:
-                    out[bname] += -(w_new @ be)
-                else:
-                    out[bname] = out[bname] + (w - w_new) @ be
-
-
-def _trade_consumers(action: dict) -> list[tuple[str | None, str]]:
-    """(weight name or None, bias name) of every reader that compensates a trade."""
-    cons = action.get("consumers") or [(action["weight"], action["dst"])]
-    return [(w[0] if w else None, dst) for w, dst in cons]
-
-
-def _trade_apply(out, action, u):
-    """``b_src += u`` and ``b_j -= W_j u`` (or ``u``) for every compensating reader j."""
-    (sname, sidx) = action["src"]
-    u = u.to(out[sname])
-    if sidx:
-        out[sname][sidx] = out[sname][sidx] + u
-    else:
-        out[sname] = out[sname] + u
-    for wname, dst in _trade_consumers(action):
-        out[dst] = out[dst] - (out[wname] @ u if wname else u)
-
-
-def _ln_null_delta(p, act, c):
-    """Rows of the weight move along 1/gamma; the bias compensates (beta/gamma).1."""
-    w = p[act["weight"]]
-    g = p[act["gamma"]] if act["gamma"] else torch.ones(w.shape[1], dtype=w.dtype,
-                                                          device=w.device)
-    dw = c[:, None] * (1.0 / g)[None, :]
-    db = None
-    if act["bias"]:
-        db = -c * ((p[act["beta"]] / g).sum())
-    return dw, db
-
-
-def _center_delta(p, ctx, k, d, pos, a_gen=None, basis_index=None):
-    """Shift along 1 of the target axis of piece k, by a random (or basis) tensor over the
-    other axes."""
-    pc = ctx["pieces"][k]
-    shape, _where, offs = _leaf_positions(ctx, k)
-    target = offs[d] + pos
-    sub = list(shape)
-    sub[target] = 1
-    if basis_index is None:
-        a = torch.randn(sub, generator=a_gen, dtype=torch.float64).to(p[pc.name])
-    else:
-        a = torch.zeros(sub, dtype=torch.float64, device=p[pc.name].device).reshape(-1)
-        a[basis_index] = 1.0
-        a = a.reshape(sub)
-    delta = a.expand(shape).reshape(pc.shape)
-    return pc, delta
 
 
 def make_claim(kind: str, n: int, axes: list[tuple[str, int, int]], group: str = "") -> Symmetry:
@@ -328,7 +85,7 @@ def make_claim(kind: str, n: int, axes: list[tuple[str, int, int]], group: str =
     return Symmetry(kind, typ in ("pdiag", "gl", "orth", "homog"), group or kind, 0, None,
                     [{"name": a, "index": ":", "dim": d, "role": "in" if r else "out"}
                      for a, d, r in axes], size=n,
-                    action={"type": "custom", "group": typ, "axes": axes})
+                    action=make_action("custom", group=typ, axes=axes))
 
 
 def verify_symmetry(model: nn.Module, report: SymmetryReport, sym: Symmetry, *, seed: int = 0,
@@ -340,11 +97,7 @@ def verify_symmetry(model: nn.Module, report: SymmetryReport, sym: Symmetry, *, 
         cache["p64"] = parameters64(model)
     m64, p64 = cache["m64"], cache["p64"]
     inputs = _inputs64(inputs if inputs is not None else report.context["inputs"])
-    gen = torch.Generator().manual_seed(seed)
-    if sym.action["type"] == "custom":
-        element = _rand_matrix(sym.action["group"], sym.size, 1, gen)
-    else:
-        element = random_element(sym, gen)
+    element = random_element(sym, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         if "base" not in cache:
             cache["base"] = _forward(m64, p64, inputs)
@@ -365,140 +118,19 @@ def _flat_layout(p64: dict) -> tuple[list[str], list[int]]:
 def tangent_vectors(report: SymmetryReport, p64: dict, max_per_symmetry: int | None = None,
                     seed: int = 0) -> torch.Tensor:
     """Tangent vectors (rows, flattened parameter order) of the function-level continuous
-    symmetries at ``p64``: the infinitesimal action of a basis of each Lie algebra."""
+    symmetries at ``p64``: the infinitesimal action of a basis of each Lie algebra
+    (:meth:`Action.tangents`)."""
     names, sizes = _flat_layout(p64)
-    offsets = dict(zip(names, [sum(sizes[:i]) for i in range(len(sizes))]))
-    total = sum(sizes)
     dev = next(iter(p64.values())).device if p64 else torch.device("cpu")
-    rows = []
     rng = random.Random(seed)
+    rows = []
     for sym in report.symmetries:
         if not sym.continuous or sym.level != "function":
             continue
-        t = sym.action["type"]
-        gens = []
-        if t == "null":
-            name, idx = sym.action["param"], sym.action["index"]
-            base = torch.zeros_like(p64[name])
-            ids = torch.arange(base.numel()).reshape(base.shape)
-            ids = ids[idx] if idx else ids
-            for i in ids.reshape(-1).tolist():
-                v = torch.zeros(total, dtype=torch.float64, device=dev)
-                v[offsets[name] + i] = 1.0
-                gens.append(v)
-            if max_per_symmetry and len(gens) > max_per_symmetry:
-                gens = rng.sample(gens, max_per_symmetry)
-            rows.extend(gens)
-            continue
-        if t == "trade":
-            for i in range(sym.size):
-                d = {k: torch.zeros_like(v) for k, v in p64.items()}
-                u = torch.zeros(sym.size, dtype=torch.float64, device=dev)
-                u[i] = 1.0
-                (sname, sidx) = sym.action["src"]
-                if sidx:
-                    d[sname][sidx] += u
-                else:
-                    d[sname] += u
-                for wname, dst in _trade_consumers(sym.action):
-                    d[dst] -= p64[wname] @ u if wname else u
-                rows.append(torch.cat([d[k].reshape(-1) for k in names]))
-            continue
-        if t == "ln_shift":
-            d = {k: torch.zeros_like(v) for k, v in p64.items()}
-            d[sym.action["src"]] += 1.0
-            d[sym.action["dst"]] -= 1.0
-            rows.append(torch.cat([d[k].reshape(-1) for k in names]))
-            continue
-        if t == "ln_orth":
-            n = sym.size
-            b = _ones_complement(n).to(dev)
-            for i in range(n - 1):
-                for j in range(i + 1, n - 1):
-                    a = torch.outer(b[:, i], b[:, j])
-                    a = a - a.T
-                    d = {k: v.clone() for k, v in p64.items()}
-                    _ln_orth_apply(d, report.context, sym.action, a, linear=True)
-                    rows.append(torch.cat([d[k].reshape(-1) for k in names]))
-            continue
-        if t == "ln_null":
-            act = sym.action
-            for i in range(act["rows"]):
-                d = {k: torch.zeros_like(v) for k, v in p64.items()}
-                c = torch.zeros(act["rows"], dtype=torch.float64, device=dev)
-                c[i] = 1.0
-                dw, db = _ln_null_delta(p64, act, c)
-                d[act["weight"]] += dw
-                if db is not None:
-                    d[act["bias"]] += db
-                rows.append(torch.cat([d[k].reshape(-1) for k in names]))
-            continue
-        if t == "center":
-            for k, dd, pos in sym.action["producers"]:
-                pc = report.context["pieces"][k]
-                n_other = math.prod(pc.shape) // report.context["segs"][
-                    sym.action["leaf"]].size
-                for i in range(n_other):
-                    d = {kk: torch.zeros_like(v) for kk, v in p64.items()}
-                    pc, delta = _center_delta(p64, report.context, k, dd, pos, basis_index=i)
-                    if pc.index:
-                        d[pc.name][pc.index] += delta
-                    else:
-                        d[pc.name] += delta
-                    rows.append(torch.cat([d[kk].reshape(-1) for kk in names]))
-            continue
-        n, c = sym.size, sym.copies
-        if t == "gl":
-            basis = [(i, j) for i in range(n) for j in range(n)]
-        elif t == "orth":
-            basis = [(i, j) for i in range(n) for j in range(i + 1, n)]
-        elif t == "pdiag":
-            basis = [(i, i) for i in range(n)]
-        elif t == "homog":
-            basis = [None]
-        else:
-            continue
-        full = [(cc, b) for cc in range(c) for b in basis]
-        if max_per_symmetry and len(full) > max_per_symmetry:
-            full = rng.sample(full, max_per_symmetry)
-        for cc, b in full:
-            x = torch.zeros((c, n, n) if c > 1 else (n, n), dtype=torch.float64, device=dev)
-            xv = x[cc] if c > 1 else x
-            if b is None:
-                xv += torch.eye(n, dtype=torch.float64, device=dev)
-            else:
-                i, j = b
-                xv[i, j] = 1.0
-                if t == "orth":
-                    xv[j, i] = -1.0
-            d = {k: torch.zeros_like(v) for k, v in p64.items()}
-            for leaf in sym.action["leaves"]:
-                for k, dd, pos, par in report.context["leaf_index"].get(leaf, []):
-                    pc = report.context["pieces"][k]
-                    shape, where, offs = _leaf_positions(report.context, k)
-                    target = offs[dd] + pos
-                    copies_at = None
-                    if x.dim() == 3:
-                        segs = report.context["segs"]
-                        cl = report.context["analysis"].leaves([segs[leaf].copies_of])
-                        copies_at = where[cl[0][0]]
-                    m = -x.transpose(-1, -2) if par else x
-                    view = p64[pc.name][pc.index] if pc.index else p64[pc.name]
-                    if t == "pdiag" and c == 1:  # E_ii: the unit's own entries, signed
-                        te = view.reshape(shape)
-                        delta = torch.zeros_like(te)
-                        i = b[0]
-                        delta.select(target, i).copy_(te.select(target, i) * (-1 if par else 1))
-                        delta = delta.reshape(view.shape)
-                    else:
-                        delta = _apply_axis(view, shape, target, copies_at, m)
-                    if pc.index:
-                        d[pc.name][pc.index] += delta
-                    else:
-                        d[pc.name] += delta
+        for d in sym.action.tangents(p64, report.context, sym, max_per_symmetry, rng):
             rows.append(torch.cat([d[k].reshape(-1) for k in names]))
     if not rows:
-        return torch.zeros(0, total, dtype=torch.float64, device=dev)
+        return torch.zeros(0, sum(sizes), dtype=torch.float64, device=dev)
     return torch.stack(rows)
 
 
