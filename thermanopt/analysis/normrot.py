@@ -37,7 +37,8 @@ def find_centering(an: Any, piece_axes: list, leaves_used: set, cons: dict) -> l
             prods = []
             for k, d, pos, par in axes:
                 pc = an.pieces[k]
-                if par != side or pc.name in other or an.tied(pc.name) or pc.dual:
+                if par != side or pc.name in other or an.tied(pc.name) or \
+                        pc.name in an.diagonal:
                     continue
                 if sum(1 for lf in piece_axes[k] for x, _ in lf if x == leaf) != 1:
                     continue

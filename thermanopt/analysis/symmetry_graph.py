@@ -87,6 +87,7 @@ class SymmetryAnalysis(CoupledAxes):
         self.ln_out: dict[str, tuple] = {}  # value -> (ln weight, ln bias) of a LayerNorm
         self.ln_nulls: list[dict] = []
         self.reparams: list[dict] = []  # eval-mode BatchNorms: (gamma, beta) -> (A, B)
+        self.diagonal: set[str] = set()  # parameters used as elementwise scales
         self.centered: list[dict] = []
         self.ln_rotations: list[dict] = []
         self.ln_shifts: list[dict] = []
@@ -119,9 +120,14 @@ class SymmetryAnalysis(CoupledAxes):
         rule.apply(self, node)
 
     def barrier(self, node: OpNode, label: str) -> None:
-        """Pin every axis around ``node`` and list ``label`` in ``unhandled_ops``."""
+        """Pin every axis around ``node`` and list ``label`` in ``unhandled_ops``, unless every
+        operand axis was already fixed: the op then computes a constant of the symmetry
+        analysis (masks, positions) and nothing is lost."""
+        free = any(not self.segs[self.find(i)[0]].fixed
+                   for r in self.tensor_args(node) for axis in self.ax(r)
+                   for i, _p in self.leaves(axis))
         BARRIER.apply(self, node)
-        if label not in self.unhandled:
+        if free and label not in self.unhandled:
             self.unhandled.append(label)
 
     # ---------------------------------------------------------------- rule API
@@ -218,7 +224,10 @@ class SymmetryAnalysis(CoupledAxes):
     def add_dual_piece(self, p: Ref, dual: list, why: str) -> None:
         """``p`` also carries the inverse map of the spaces in ``dual`` (``(dim of p, axis)``
         pairs); its other dimensions are pinned in this view."""
-        if p.name not in self.param_of or not dual:
+        if p.name not in self.param_of:
+            return
+        self.diagonal.add(self.param_of[p.name])
+        if not dual:
             return
         shape = self.shp(p)
         which = dict(dual)

@@ -146,10 +146,11 @@ _POINTWISE = {"where", "maximum", "minimum", "pow", "clamp", "clamp_min", "clamp
               "fmod", "remainder", "floor_divide", "isnan", "isinf", "lerp", "atan2",
               "exp2", "tan", "sinh", "cosh", "erfinv", "triu_", "tril_", "bool", "long",
               "int", "where_", "max_other", "min_other", "pow_", "exp_", "clamp_min_",
-              "div_floor", "copysign", "nan_to_num", "logit", "softsign", "tanhshrink"}
+              "div_floor", "copysign", "nan_to_num", "logit", "softsign", "tanhshrink",
+              "__and__", "__or__", "__xor__", "__invert__", "bitwise_xor", "logical_xor"}
 #: ops along given dims: (name -> how to read the dims from the args)
 _ALONG = {"roll", "flip", "cumsum", "cumprod", "repeat", "tile", "repeat_interleave",
-          "narrow_copy", "sort", "flip_", "logcumsumexp", "cummax"}
+          "narrow_copy", "sort", "flip_", "logcumsumexp", "cummax", "diff"}
 
 _MODULE_OPS: dict[type, str] = {
     nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
@@ -254,7 +255,8 @@ class _Builder:
             if name in live or name not in by_name:
                 continue
             live.add(name)
-            for a in _refs(by_name[name].args):
+            node = by_name[name]
+            for a in _refs(list(node.args) + list(node.kwargs.values())):
                 stack.append(a)
         nodes = [n for n in self.nodes if n.name in live or n.op == "param"]
         dropped = sum(1 for n in self.nodes if n.name not in live and n.op not in
@@ -391,6 +393,9 @@ def _normalize_more(name: str, args: list, kwargs: dict) -> tuple | None:
         return ("unbind" if name == "unbind" else "split"), [a[0]], {"dim": dim or 0}
     if name == "index":
         return "index", [a[0]], {"indices": list(a[1])}
+    if name == "addmm":  # bias + x @ W (W stored as (in, out): GPT-2's Conv1D)
+        return "addmm", [a[1], a[2], a[0]], {"beta": kwargs.get("beta", 1),
+                                             "alpha": kwargs.get("alpha", 1)}
     if name == "index_select":
         return "index_select", [a[0]], {"dim": a[1]}
     if name in ("pad", "constant_pad_nd"):

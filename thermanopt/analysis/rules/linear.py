@@ -36,6 +36,26 @@ class LinearRule(Rule):
 
 
 @register
+class AddmmRule(Rule):
+    """``addmm(b, x, W) = b + x @ W`` with ``W`` stored ``(in, out)`` (GPT-2's ``Conv1D``): the
+    columns of ``x`` contract with the rows of ``W``; ``b`` shares the output space."""
+
+    ops = ("addmm",)
+
+    def apply(self, an: Any, node: Any) -> None:
+        x, w, bias = node.args[:3]
+        why = f"{node.name}({node.op})"
+        xa, wa = an.ax(x), an.ax(w)
+        an.unify(xa[-1], wa[0], 1, why)
+        if isinstance(bias, Ref) and len(an.shp(bias)) == 1:
+            an.unify(an.ax(bias)[0], wa[1], 0, why)
+            an.bias_of[node.name] = bias.name
+        elif isinstance(bias, Ref):
+            an.fix(wa[1], f"{why}: broadcast bias")
+        an.set_axes(node, list(xa[:-1]) + [wa[1]])
+
+
+@register
 class MatmulRule(Rule):
     """``x @ y``: the last axis of ``x`` contracts with the second-last of ``y``; batch axes
     broadcast. A 1-D operand is a barrier."""

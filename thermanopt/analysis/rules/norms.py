@@ -33,6 +33,7 @@ def _affine(an: Any, node: Any, xa: list, dims: list[int], why: str) -> list:
             an.link(nrm, y, why)
             an.restrict(y, MONOMIAL, f"{why}: per-channel affine")
             an.unify(an.ax(w)[0], y, 0, why)
+            an.diagonal.add(an.param_of.get(w.name, ""))
         elif w is not None:
             an.fix(an.ax(w)[dims.index(d)], why)
         if b is not None and len(dims) == 1:
