@@ -36,12 +36,14 @@ def _install_torchvision_shim() -> None:
     benchmark code only, never imported by the library.
     """
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "_torchvision_shim.py"
     spec = importlib.util.spec_from_file_location("_torchvision_shim", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sys.modules[spec.name] = module  # the schemas live as long as the module's Library
     module.install()
 
 
