@@ -21,11 +21,53 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Action", "MapAction", "make_action", "random_matrix", "leaf_positions",
-           "apply_axis", "ACTIONS"]
+__all__ = ["Action", "MapAction", "Monomial", "make_action", "random_matrix",
+           "random_monomial", "leaf_positions", "apply_axis", "apply_monomial", "to_affine",
+           "from_affine", "ACTIONS"]
 
 
 # ---------------------------------------------------------------- shared helpers
+class Monomial:
+    """A matrix with one non-zero per row: ``M[i, idx[i]] = scale[i]`` (permutations, sign
+    flips, positive diagonals) stored without its zeros."""
+
+    def __init__(self, idx: torch.Tensor, scale: torch.Tensor) -> None:
+        self.idx, self.scale = idx, scale
+
+    def dense(self) -> torch.Tensor:
+        """The ``n x n`` matrix."""
+        n = self.idx.numel()
+        m = torch.zeros(n, n, dtype=self.scale.dtype)
+        m[torch.arange(n), self.idx] = self.scale
+        return m
+
+    def dim(self) -> int:
+        """2, like the dense matrix it stands for."""
+        return 2
+
+
+def random_monomial(kind: str, n: int, gen: torch.Generator) -> Monomial:
+    """A random non-identity permutation, sign flip, positive diagonal or scale on ``n``
+    units, without building the ``n x n`` matrix."""
+    idx = torch.arange(n)
+    scale = torch.ones(n, dtype=torch.float64)
+    if kind == "perm":
+        idx = torch.randperm(n, generator=gen)
+        if n > 1 and bool((idx == torch.arange(n)).all()):
+            idx = torch.roll(idx, 1)
+    elif kind == "sign":
+        scale = torch.randint(0, 2, (n,), generator=gen).to(torch.float64) * 2 - 1
+        if bool((scale > 0).all()):
+            scale[torch.randint(0, n, (1,), generator=gen)] = -1.0
+    elif kind == "pdiag":
+        scale = torch.exp(0.5 * torch.randn(n, generator=gen, dtype=torch.float64))
+    elif kind == "homog":
+        scale = scale * math.exp(0.5 * torch.randn(1, generator=gen, dtype=torch.float64).item())
+    else:
+        raise ValueError(f"{kind} is not a monomial group")
+    return Monomial(idx, scale)
+
+
 def random_matrix(kind: str, n: int, c: int, gen: torch.Generator) -> torch.Tensor:
     """A random non-identity element of ``kind`` (``perm``, ``sign``, ``pdiag``, ``homog``,
     ``gl``, ``orth``) on ``n`` units, ``c`` independent copies (a batch when ``c > 1``)."""
@@ -87,6 +129,17 @@ def apply_axis(t: torch.Tensor, shape: list, target: int, copies_at: int | None,
         te = torch.einsum("...cb,cab->...ca", te, mat)
         te = torch.movedim(te, (-2, -1), (copies_at, target))
     return te.reshape(t.shape)
+
+
+def apply_monomial(t: torch.Tensor, shape: list, target: int, idx: torch.Tensor,
+                   scale: torch.Tensor) -> torch.Tensor:
+    """``M`` with one non-zero per row (``M[i, idx[i]] = scale[i]``: permutations, signs,
+    diagonals) applied to axis ``target``: ``y[.., i, ..] = scale[i] t[.., idx[i], ..]``, an
+    index and a product instead of a dense matrix product."""
+    te = t.reshape(shape).index_select(target, idx)
+    view = [1] * len(shape)
+    view[target] = -1
+    return (te * scale.reshape(view)).reshape(t.shape)
 
 
 def _write(params: dict, name: str, index: tuple, value: torch.Tensor, add: bool) -> None:
@@ -205,7 +258,9 @@ class MapAction(Action):
             for k, d, pos, par in ctx["leaf_index"].get(leaf, []):
                 yield leaf, k, d, pos, par
 
-    def random_element(self, sym: Any, gen: torch.Generator) -> torch.Tensor:
+    def random_element(self, sym: Any, gen: torch.Generator) -> torch.Tensor | Monomial:
+        if self.monomial and sym.copies == 1:
+            return random_monomial(self.kind, sym.size, gen)
         return random_matrix(self.kind, sym.size, sym.copies, gen)
 
     def _copies_at(self, ctx: dict, leaf: int, where: dict, name: str) -> int:
@@ -218,23 +273,43 @@ class MapAction(Action):
         """Pieces not acted on (the dual views of a permutation, see :class:`PermAction`)."""
         return False
 
-    def apply(self, params: dict, ctx: dict, sym: Any, element: torch.Tensor) -> None:
+    #: the group's elements have one non-zero per row (fast path, no dense products)
+    monomial = False
+
+    def apply(self, params: dict, ctx: dict, sym: Any, element: Any) -> None:
         affine = bool(ctx["analysis"].reparams)
         if affine:
             to_affine(params, ctx)
+        self.apply_raw(params, ctx, sym, element)
+        if affine:
+            from_affine(params, ctx)
+
+    def apply_raw(self, params: dict, ctx: dict, sym: Any, element: Any) -> None:
+        """:meth:`apply` in the coordinates of :func:`to_affine` (eval-mode BatchNorms as
+        ``(A, B)``), so that many actions can share one change of coordinates."""
+        mono = isinstance(element, Monomial) or (self.monomial and element.dim() == 2)
+        if isinstance(element, Monomial):
+            idx, scale = element.idx, element.scale
+        elif mono:
+            idx = element.abs().argmax(dim=1)
+            scale = element.gather(1, idx[:, None]).flatten()
+        else:
+            inv_t = torch.linalg.inv(element).transpose(-1, -2)
         for leaf, k, d, pos, par in self.pieces(ctx):
             if self.skip(ctx, k):
                 continue
             pc = ctx["pieces"][k]
             shape, where, offsets = leaf_positions(ctx, k)
-            copies_at = self._copies_at(ctx, leaf, where, pc.name) if element.dim() == 3 \
-                else None
-            m = torch.linalg.inv(element).transpose(-1, -2) if par else element
             view = _view(params, pc.name, pc.index)
-            _write(params, pc.name, pc.index,
-                   apply_axis(view, shape, offsets[d] + pos, copies_at, m.to(view)), False)
-        if affine:
-            from_affine(params, ctx)
+            if mono:  # M^{-T} has the same pattern with the reciprocal values
+                s = (1.0 / scale if par else scale).to(view)
+                new = apply_monomial(view, shape, offsets[d] + pos, idx.to(view.device), s)
+            else:
+                copies_at = self._copies_at(ctx, leaf, where, pc.name) \
+                    if element.dim() == 3 else None
+                m = inv_t if par else element
+                new = apply_axis(view, shape, offsets[d] + pos, copies_at, m.to(view))
+            _write(params, pc.name, pc.index, new, False)
 
     def basis(self, n: int) -> list:
         """Lie-algebra basis: index pairs ``(i, j)`` (``None``: the identity)."""
@@ -321,6 +396,7 @@ class PermAction(MapAction):
     view (``p`` in ``y = p * x``) is permuted once, through its primary view."""
 
     kind = "perm"
+    monomial = True
 
     def skip(self, ctx: dict, k: int) -> bool:
         return ctx["pieces"][k].dual
@@ -330,6 +406,7 @@ class SignAction(MapAction):
     """Sign flips of the units (odd activations, per-channel affine maps)."""
 
     kind = "sign"
+    monomial = True
 
 
 class DiagAction(MapAction):
@@ -337,6 +414,7 @@ class DiagAction(MapAction):
 
     kind = "pdiag"
     quadratic = True
+    monomial = True
 
     def basis(self, n: int) -> list:
         return [(i, i) for i in range(n)]
@@ -347,6 +425,7 @@ class ScaleAction(MapAction):
 
     kind = "homog"
     quadratic = True
+    monomial = True
 
     def basis(self, n: int) -> list:
         return [None]

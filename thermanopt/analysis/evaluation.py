@@ -17,15 +17,15 @@ from .tracing import output_leaves
 __all__ = ["parameters64", "model64", "inputs64", "forward"]
 
 
-def parameters64(model: nn.Module) -> dict[str, torch.Tensor]:
+def parameters64(model: nn.Module, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
     """Detached float64 copies of the model's named parameters (the model is not modified)."""
-    return {n: p.detach().to(torch.float64).clone() for n, p in model.named_parameters()}
+    return {n: p.detach().to(dtype).clone() for n, p in model.named_parameters()}
 
 
-def model64(model: nn.Module) -> nn.Module:
+def model64(model: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
     """A float64 deep copy for functional evaluation (dropout off, BatchNorm batch statistics
     without buffer updates)."""
-    m = copy.deepcopy(model).to(torch.float64)
+    m = copy.deepcopy(model).to(dtype)
     for mod in m.modules():
         if isinstance(mod, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)):
             mod.eval()
@@ -36,9 +36,9 @@ def model64(model: nn.Module) -> nn.Module:
     return m
 
 
-def inputs64(inputs: tuple) -> tuple:
-    """Floating-point inputs in float64 (others unchanged)."""
-    return tuple(x.to(torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point()
+def inputs64(inputs: tuple, dtype: torch.dtype = torch.float64) -> tuple:
+    """Floating-point inputs in float64 (or ``dtype``; others unchanged)."""
+    return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point()
                  else x for x in inputs)
 
 
