@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
-from torch.func import functional_call, jacrev
+from torch.func import functional_call, jacrev, vmap
 
 GAP = 1e3  # the smallest ratio between the last kept and the first null singular value
 CUT = 1e-5  # null singular values lie below CUT * largest
-SAMPLES = 1  # samples per reverse-mode Jacobian: each row's backward pass runs over the batch
+SAMPLES = 64  # samples per vectorised Jacobian call
 
 
 @dataclass
@@ -48,20 +48,41 @@ def output_vector(out) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in leaves])
 
 
-def jacobian(model: nn.Module, inputs: tuple) -> torch.Tensor:
-    """``d output_vector / d parameters`` as a dense (outputs x parameters) float64 matrix."""
+def _functional(model: nn.Module):
     names = [n for n, _ in model.named_parameters()]
     values = tuple(p.detach() for _, p in model.named_parameters())
 
-    def f(*flat: torch.Tensor) -> torch.Tensor:
+    def f(flat: tuple, inputs: tuple) -> torch.Tensor:
         return output_vector(functional_call(model, dict(zip(names, flat)), inputs))
 
-    try:
-        blocks = jacrev(f, argnums=tuple(range(len(values))))(*values)
-    except (RuntimeError, NotImplementedError):  # an op without a vmap rule: loop over rows
-        blocks = torch.autograd.functional.jacobian(f, values, vectorize=False)
-    rows = blocks[0].shape[0]
+    return f, values
+
+
+def _rows(blocks: tuple, leading: int) -> torch.Tensor:
+    rows = 1
+    for n in blocks[0].shape[:leading]:
+        rows *= n
     return torch.cat([b.reshape(rows, -1) for b in blocks], 1).to(torch.float64)
+
+
+def jacobian(model: nn.Module, inputs: tuple) -> torch.Tensor:
+    """``d output_vector / d parameters`` as a dense (outputs x parameters) float64 matrix.
+
+    Samples are differentiated one at a time (each row's backward pass only runs over its
+    own sample), vectorised with ``vmap`` where the model allows it, else in a loop.
+    """
+    f, values = _functional(model)
+
+    def one(flat: tuple, *sample: torch.Tensor) -> torch.Tensor:
+        return f(flat, tuple(x.unsqueeze(0) for x in sample))
+
+    try:
+        return _rows(vmap(jacrev(one), in_dims=(None,) + (0,) * len(inputs))(values, *inputs),
+                     2)
+    except (RuntimeError, NotImplementedError, ValueError):  # an op without a batching rule
+        batch = inputs[0].shape[0]
+        return torch.cat([_rows(jacrev(f)(values, tuple(x[i:i + 1] for x in inputs)), 1)
+                          for i in range(batch)])
 
 
 def cut_rank(singular: torch.Tensor) -> tuple[int, float, float]:
@@ -109,22 +130,23 @@ def stable_nullity(model: nn.Module, draw, *, max_factor: float = 6.0,
                    seed: int = 123) -> Nullity:
     """Nullity over stacked random inputs ``draw(batch, generator)``, grown until it is stable.
 
-    Rows are added in chunks of about half the parameter count; it stops once the rows
-    reach twice the parameter count and the nullity did not change over the last two chunks
-    (or at ``max_factor`` x the parameter count).
+    The first chunk has about as many rows as parameters, later chunks half as many; it
+    stops once a chunk leaves the nullity unchanged (or at ``max_factor`` x the parameter
+    count of rows).
     """
     gen = torch.Generator().manual_seed(seed)
     draw = _rescaled(draw)
     p = sum(t.numel() for t in model.parameters())
     per_sample = output_vector(model(*draw(1, gen))).numel()
-    chunk = max(1, -(-p // (2 * per_sample)))  # samples per chunk of ~p/2 rows
     r, rows, history = None, 0, []
     while True:
-        j = torch.cat([jacobian(model, draw(b, gen)) for b in _batches(chunk, SAMPLES)])
+        want = p if r is None else p // 2  # first P rows, then chunks of P/2
+        samples = max(1, -(-want // per_sample))
+        j = torch.cat([jacobian(model, draw(b, gen)) for b in _batches(samples, SAMPLES)])
         rows += j.shape[0]
         r = torch.linalg.qr(j if r is None else torch.cat([r, j]), mode="r").R
         rank, floor, gap = cut_rank(torch.linalg.svdvals(r))
         history.append(p - rank)
-        stable = len(history) >= 3 and history[-1] == history[-2] == history[-3]
-        if (rows >= 2 * p and stable) or rows >= max_factor * p:
+        stable = len(history) >= 2 and history[-1] == history[-2]
+        if stable or rows >= max_factor * p:
             return Nullity(p - rank, p, rows, history, floor, gap)

@@ -206,8 +206,8 @@ def _tiny_mobilenet_v3() -> nn.Module:
     from torchvision.models.mobilenetv3 import InvertedResidualConfig as C
     from torchvision.models.mobilenetv3 import MobileNetV3
 
-    setting = [C(8, 3, 8, 8, True, "RE", 2, 1, 1.0), C(8, 3, 16, 8, True, "HS", 1, 1, 1.0)]
-    return MobileNetV3(setting, last_channel=16, num_classes=3)
+    setting = [C(8, 3, 8, 8, True, "RE", 2, 1, 1.0), C(8, 3, 8, 8, False, "HS", 1, 1, 1.0)]
+    return MobileNetV3(setting, last_channel=8, num_classes=3)
 
 
 def _tiny_efficientnet() -> nn.Module:
@@ -221,20 +221,20 @@ def _tiny_efficientnet() -> nn.Module:
 def _tiny_convnext() -> nn.Module:
     from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
-    return ConvNeXt([CNBlockConfig(4, 8, 1), CNBlockConfig(8, None, 1)], num_classes=3)
+    return ConvNeXt([CNBlockConfig(4, 4, 1), CNBlockConfig(4, None, 1)], num_classes=3)
 
 
 def _tiny_vit() -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2,
+    return VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2,
                              hidden_dim=8, mlp_dim=16, num_classes=3)
 
 
 def _tiny_swin() -> nn.Module:
     from torchvision.models.swin_transformer import SwinTransformer
 
-    return SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[2, 2],
+    return SwinTransformer(patch_size=[4, 4], embed_dim=4, depths=[1, 1], num_heads=[2, 2],
                            window_size=[2, 2], mlp_ratio=2.0, stochastic_depth_prob=0.0,
                            num_classes=3)
 
@@ -351,7 +351,7 @@ def _tiny_hf(model_class: str, config: Callable, overrides: dict) -> Callable[[]
 
 def tiny_cases() -> list[Case]:
     """A <= 20k-parameter float64 instance of every family of :func:`full_cases`."""
-    img16 = images(16, dtype=torch.float64)
+    img16, img8 = images(16, dtype=torch.float64), images(8, dtype=torch.float64)
     return [
         _tiny_case("resnet18", "resnet", lambda: _tiny_resnet(False), img16, "torchvision"),
         _tiny_case("resnet50", "resnet_bottleneck", lambda: _tiny_resnet(True), img16,
@@ -361,13 +361,13 @@ def tiny_cases() -> list[Case]:
         _tiny_case("efficientnet_b0", "efficientnet", _tiny_efficientnet, img16,
                    "torchvision"),
         _tiny_case("convnext_tiny", "convnext", _tiny_convnext, img16, "torchvision"),
-        _tiny_case("vit_b_16", "vit", _tiny_vit, img16, "torchvision"),
+        _tiny_case("vit_b_16", "vit", _tiny_vit, img8, "torchvision"),
         _tiny_case("swin_t", "swin", _tiny_swin, img16, "torchvision"),
         _tiny_case("timm_vit_tiny_patch16_224", "timm_vit",
-                   _timm("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=8,
-                         depth=1, num_heads=2, mlp_ratio=2.0, num_classes=3), img16, "timm"),
+                   _timm("vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=8,
+                         depth=1, num_heads=2, mlp_ratio=2.0, num_classes=3), img8, "timm"),
         _tiny_case("timm_convnext_atto", "timm_convnext",
-                   _timm("convnext_atto", depths=(1, 1, 1, 1), dims=(4, 4, 8, 8), num_classes=3),
+                   _timm("convnext_atto", depths=(1, 1, 1, 1), dims=(4, 4, 4, 4), num_classes=3),
                    images(32, dtype=torch.float64),
                    "timm"),
         _tiny_case("gpt2", "gpt2", _tiny_hf("GPT2LMHeadModel", gpt2_config, _TINY_GPT2),
