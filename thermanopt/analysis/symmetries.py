@@ -286,6 +286,11 @@ def find_symmetries(model: nn.Module, example_inputs, *, output: str = "logits",
     report.seconds = {"trace": t1 - t0, "classify": t2 - t1}
     an.nx.graph["tracer"] = g.method
     an.nx.graph["symmetries"] = [s.to_dict() for s in records]
+    if verify and any(p.is_meta for p in model.parameters()):
+        report.notes.append("parameters on the meta device: numerical verification skipped "
+                            "(verify a width-reduced twin of the same architecture)")
+        report.verification = "skipped: meta device"
+        verify = False
     if verify:
         from .verify import verify_report
 

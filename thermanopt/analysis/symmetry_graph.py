@@ -103,6 +103,8 @@ class SymmetryAnalysis(CoupledAxes):
                     self.consumers.append((i, "output"))
         self._final_output_translation()
         trades.resolve_trades(self)
+        for why in dict.fromkeys(self.inconsistent):
+            self.unhandled.append(f"inconsistent axis factors at {why}")
         seen = set(self.param_of.values())
         for pname, shape in param_shapes.items():
             if pname not in seen:
@@ -156,8 +158,15 @@ class SymmetryAnalysis(CoupledAxes):
 
     def set_axes(self, node: OpNode, axes: list) -> None:
         """Record the axes of ``node``'s output."""
-        if len(axes) != len(node.shape or ()):
-            raise ValueError(f"internal: rank mismatch at {node.name} ({node.op})")
+        shape = node.shape or ()
+        if len(axes) != len(shape):
+            self.inconsistent.append(f"{node.name}({node.op}): rank")
+            axes = [self.new_axis(s, True) for s in shape]
+        for k, (axis, size) in enumerate(zip(axes, shape)):
+            if size > 1 and math.prod(self.segs[x].size for x, _ in self.leaves(axis)) != size:
+                self.fix(axis, f"{node.name}({node.op}): inconsistent factors")
+                self.inconsistent.append(f"{node.name}({node.op})")
+                axes[k] = self.new_axis(size, True)
         self.vals[node.name] = axes
         self.shapes[node.name] = node.shape
         self.op_nodes.append((node.name, node.op, node.module))

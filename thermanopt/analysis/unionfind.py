@@ -68,6 +68,7 @@ class CoupledAxes:
         self.segs: list[Seg] = []
         self.links: list[tuple[list, list, str]] = []
         self.edges: list[tuple[int, int, str, str]] = []
+        self.inconsistent: list[str] = []  # couplings whose factor sizes disagreed
 
     def new_seg(self, size: int, fixed: bool = False) -> int:
         """New segment of ``size``; a ``fixed`` segment allows no transformation."""
@@ -168,7 +169,11 @@ class CoupledAxes:
             la, lb = self.leaves(fa), self.leaves(fb)
             if math.prod(self.segs[x].size for x, _ in la) != math.prod(
                     self.segs[x].size for x, _ in lb):
-                raise ValueError(f"internal: size mismatch while coupling axes at {why}")
+                # factor bookkeeping that no longer matches the shapes: pin both (never fatal)
+                for z, _ in la + lb:
+                    self.fix_seg(z, f"{why}: inconsistent factors")
+                self.inconsistent.append(why)
+                return
             i = j = 0
             redo = False
             while i < len(la) and j < len(lb):

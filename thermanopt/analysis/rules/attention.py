@@ -9,6 +9,7 @@ of the softmax over keys (Ziyin, Xu & Chuang, arXiv 2505.12387, §2.4).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..tracing import Ref
@@ -16,14 +17,26 @@ from ..unionfind import PERM
 from .registry import Rule, register
 
 
+def _size(an: Any, axis: list) -> int:
+    return math.prod(an.segs[x].size for x, _p in an.leaves(axis))
+
+
 def attention_core(an: Any, why: str, qa: list, ka: list, va: list) -> list:
     """Couple ``q (..., L, E)``, ``k (..., S, E)``, ``v (..., S, Ev)``; axes of the output
-    ``(..., L, Ev)``."""
+    ``(..., L, Ev)``. Grouped-query attention (``Hq = g Hkv`` query heads): the query head
+    axis splits as ``Hkv x g``; the ``g`` heads sharing a key/value head may be permuted."""
     an.unify(qa[-1], ka[-1], 1, f"{why}: query-key contraction")
     nb = len(qa) - 2
     for k in range(nb):
-        an.unify(qa[k], ka[k], 0, why)
-        an.unify(qa[k], va[k], 0, why)
+        nq, nk = _size(an, qa[k]), _size(an, ka[k])
+        if nq != nk and nk > 0 and nq % nk == 0:
+            grp = an.new_axis(nq // nk)
+            an.restrict(grp, PERM, f"{why}: query heads of one key/value head")
+            an.unify(qa[k], list(ka[k]) + grp, 0, f"{why}: grouped-query heads")
+            an.unify(ka[k], va[k], 0, why)
+        else:
+            an.unify(qa[k], ka[k], 0, why)
+            an.unify(qa[k], va[k], 0, why)
         an.restrict(qa[k], PERM, f"{why}: batched attention (heads)")
     an.unify(ka[-2], va[-2], 0, why)
     an.restrict(ka[-2], PERM, why)

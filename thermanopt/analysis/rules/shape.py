@@ -43,6 +43,10 @@ class ReshapeRule(Rule):
             take, prod = [], 1
             while prod < s:
                 lf = an.leaves(factors)
+                if pos >= len(lf):
+                    an.inconsistent.append(why)
+                    an.set_axes(node, [an.new_axis(z, True) for z in sout])
+                    return
                 seg, p = lf[pos]
                 size = an.segs[seg].size
                 need = s // prod
