@@ -125,6 +125,10 @@ class CoupledAxes:
         self.segs[c1].copies_of = c0
         s.children = [c0, c1]
 
+    def _size(self, i: int) -> int:
+        """Total size of the leaves segment ``i`` resolves to."""
+        return math.prod(self.segs[x].size for x, _ in self.leaves([i]))
+
     def _union_roots(self, a: int, b: int, p: int, why: str) -> None:
         ra, pa = self.find(a)
         rb, pb = self.find(b)
@@ -150,8 +154,10 @@ class CoupledAxes:
                 sa.shared = True
         elif sb.copies_of is None:
             sa.shared = True
-        else:
+        elif self._size(sa.copies_of) == self._size(sb.copies_of):
             self._union_roots(sa.copies_of, sb.copies_of, 0, why)
+        else:  # copies over axes of different sizes (query vs key/value heads): one map
+            sa.shared = True
         sa.shared = sa.shared or sb.shared
         if sa.children:
             for c in sa.children:
