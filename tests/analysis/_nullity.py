@@ -25,6 +25,7 @@ from torch.func import functional_call, jacrev, vmap
 GAP = 1e3  # the smallest ratio between the last kept and the first null singular value
 CUT = 1e-5  # null singular values lie below CUT * largest
 SAMPLES = 64  # samples per vectorised Jacobian call
+MIN_SAMPLES = 32  # the rows of one sample are few directions (a short token sequence)
 
 
 @dataclass
@@ -130,7 +131,8 @@ def stable_nullity(model: nn.Module, draw, *, max_factor: float = 6.0,
                    seed: int = 123) -> Nullity:
     """Nullity over stacked random inputs ``draw(batch, generator)``, grown until it is stable.
 
-    The first chunk has about as many rows as parameters, later chunks half as many; it
+    The first chunk has about as many rows as parameters (and at least ``MIN_SAMPLES``
+    samples), later chunks half as many; it
     stops once a chunk leaves the nullity unchanged (or at ``max_factor`` x the parameter
     count of rows).
     """
@@ -141,12 +143,12 @@ def stable_nullity(model: nn.Module, draw, *, max_factor: float = 6.0,
     r, rows, history = None, 0, []
     while True:
         want = p if r is None else p // 2  # first P rows, then chunks of P/2
-        samples = max(1, -(-want // per_sample))
+        samples = max(MIN_SAMPLES // (1 if r is None else 2), -(-want // per_sample))
         j = torch.cat([jacobian(model, draw(b, gen)) for b in _batches(samples, SAMPLES)])
         rows += j.shape[0]
         r = torch.linalg.qr(j if r is None else torch.cat([r, j]), mode="r").R
         rank, floor, gap = cut_rank(torch.linalg.svdvals(r))
         history.append(p - rank)
         stable = len(history) >= 2 and history[-1] == history[-2]
-        if stable or rows >= max_factor * p:
+        if len(history) >= 2 and (stable or rows >= max_factor * p):
             return Nullity(p - rank, p, rows, history, floor, gap)

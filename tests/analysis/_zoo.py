@@ -37,6 +37,7 @@ class Case:
     package: str = "torch"
     slow: bool = False
     verify: bool = True
+    float32_inside: bool = False  # computes in float32 even in a float64 model (HF RMSNorm)
 
     def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple:
         """Random example inputs (batch ``batch``) drawn from a seeded generator."""
@@ -95,9 +96,10 @@ def _tiny(model: nn.Module, draw: Inputs, seed: int = 1) -> nn.Module:
     Default inits put ones in norm gains and zeros in biases (and 1e-6 in ConvNeXt's layer
     scales), where the Jacobian can lose rank that a generic point has: the exactness tests
     compare against the generic nullity, so each entry gets an independent N(0, 0.3^2)
-    shift. BatchNorm running statistics are then set from 64 random inputs, as training
-    would set them: with the init statistics (mean 0, variance 1) shifted biases leave some
-    ReLU units dead on every input, and their weights join the nullity through the data.
+    shift. Norm layers other than BatchNorm get eps = 0 (see :func:`_exact_norms`).
+    BatchNorm running statistics are set from 64 random inputs, as training would set them:
+    with the init statistics (mean 0, variance 1) shifted biases leave some ReLU units dead
+    on every input, and their weights join the nullity through the data.
     """
     gen = torch.Generator().manual_seed(seed)
     model = _ready(model, torch.float64)
@@ -105,7 +107,23 @@ def _tiny(model: nn.Module, draw: Inputs, seed: int = 1) -> nn.Module:
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     _calibrate_batchnorm(model, draw(64, gen))
+    _exact_norms(model)
     return model
+
+
+def _exact_norms(model: nn.Module) -> None:
+    """eps = 0 in every LayerNorm/GroupNorm/RMSNorm (BatchNorm keeps its eps).
+
+    With eps > 0 the scale symmetry of a normalised input is only approximate: its Jacobian
+    singular value sits near eps / variance, where no rank cut can tell it from a weak but
+    real direction. With eps = 0 it is exact and the reference nullity is unambiguous.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        for attr in ("eps", "variance_epsilon"):
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, 0.0)
 
 
 def _calibrate_batchnorm(model: nn.Module, inputs: tuple) -> None:
@@ -340,9 +358,9 @@ def full_cases() -> list[Case]:
 
 
 def _tiny_case(name: str, family: str, build: Callable[[], nn.Module], inputs: Inputs,
-               package: str = "torch") -> Case:
+               package: str = "torch", float32_inside: bool = False) -> Case:
     return Case(f"tiny_{name}", family, _seeded(lambda: _tiny(build(), inputs)), inputs,
-                package)
+                package, float32_inside=float32_inside)
 
 
 def _tiny_hf(model_class: str, config: Callable, overrides: dict) -> Callable[[], nn.Module]:
@@ -376,7 +394,7 @@ def tiny_cases() -> list[Case]:
                    tokens(13, 6), "transformers"),
         _tiny_case("llama_100m", "llama",
                    _tiny_hf("LlamaForCausalLM", llama_config, _TINY_LLAMA), tokens(13, 6),
-                   "transformers"),
+                   "transformers", float32_inside=True),
         _tiny_case("lstm", "lstm", lambda: Recurrent("lstm", 3, 4, 2, 2),
                    sequences(3, 5, torch.float64)),
         _tiny_case("gru", "gru", lambda: Recurrent("gru", 3, 4, 2, 2),

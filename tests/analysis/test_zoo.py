@@ -32,6 +32,7 @@ from _nullity import output_vector, stable_nullity  # noqa: E402
 
 DISCRETE = ("permutation", "sign_flip")
 EXACT_TOL = 1e-8  # float64 relative output change of an exact discrete symmetry
+FLOAT32_TOL = 1e-6  # the same for models that round-trip through float32 inside
 META_RSS_GIB = 6.0  # 7B in float32 is 27 GB: any materialisation blows far past this
 
 
@@ -164,10 +165,11 @@ def test_tiny_discrete_groups_verify(name):
                              output=_output(case))
     groups = [s for s in report.symmetries if s.kind in DISCRETE and s.size > 1]
     inputs = case.example_inputs(4, seed=7)
+    tol = FLOAT32_TOL if case.float32_inside else EXACT_TOL
     for sym in groups:
         for seed in (1, 2):
             err = _discrete_error(model, report, sym, inputs, seed)
-            assert err < EXACT_TOL, f"{name}: {sym.kind} {sym.group} changes f by {err:.2e}"
+            assert err < tol, f"{name}: {sym.kind} {sym.group} changes f by {err:.2e}"
 
 
 @pytest.mark.parametrize("name", ["tiny_resnet18", "tiny_gpt2", "tiny_lstm"])
