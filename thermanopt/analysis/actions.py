@@ -487,16 +487,21 @@ class TradeAction(Action):
     kind = "trade"
     tracked = False
 
-    def consumers(self) -> list[tuple[str | None, str]]:
+    def consumers(self) -> list[tuple[str | None, str, tuple]]:
+        """``(weight name or None, bias name, bias index)`` of every compensating reader."""
         cons = self.data.get("consumers") or [(self.data["weight"], self.data["dst"])]
-        return [(w[0] if w else None, dst) for w, dst in cons]
+        out = []
+        for w, dst in cons:
+            name, index = (dst, ()) if isinstance(dst, str) else dst
+            out.append((w[0] if w else None, name, index))
+        return out
 
     def _shift(self, out: dict, base: dict, u: torch.Tensor) -> None:
         sname, sidx = self.data["src"]
         u = u.to(base[sname])
         _write(out, sname, sidx, u, True)
-        for wname, dst in self.consumers():
-            out[dst] = out[dst] - (base[wname] @ u if wname else u)
+        for wname, dst, index in self.consumers():
+            _write(out, dst, index, -(base[wname] @ u if wname else u), True)
 
     def apply(self, params, ctx, sym, element):
         self._shift(params, params, torch.randn(sym.size, generator=element,
@@ -513,7 +518,8 @@ class TradeAction(Action):
         return out
 
     def charge(self, tensors, ctx, sym):
-        return _np(tensors[self.data["dst"]].reshape(-1))
+        _w, dst, index = self.consumers()[0]
+        return _np(_view(tensors, dst, index).reshape(-1))
 
 
 class ShiftAction(Action):

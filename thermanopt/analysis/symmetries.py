@@ -184,7 +184,9 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
             "trade", True, f"R^{tr['dim']}", tr["dim"], None,
             [{"name": tr["src"][0], "index": fmt_index(tr["src"][1]), "dim": 0,
               "role": "trade"}]
-            + [{"name": dst, "index": ":", "dim": 0, "role": "trade"}
+            + [{"name": dst if isinstance(dst, str) else dst[0],
+                "index": ":" if isinstance(dst, str) else fmt_index(dst[1]), "dim": 0,
+                "role": "trade"}
                for _w, dst in tr.get("consumers", [(tr["weight"], tr["dst"])])],
             note=tr["reason"], size=tr["dim"], action=make_action("trade", **tr)))
     if output == "logits" and an.output_linear is not None:

@@ -396,6 +396,11 @@ def _normalize_more(name: str, args: list, kwargs: dict) -> tuple | None:
     if name == "addmm":  # bias + x @ W (W stored as (in, out): GPT-2's Conv1D)
         return "addmm", [a[1], a[2], a[0]], {"beta": kwargs.get("beta", 1),
                                              "alpha": kwargs.get("alpha", 1)}
+    if name in ("lstm", "gru") and isinstance(a[2], (list, tuple)):
+        hx = list(a[1]) if isinstance(a[1], (list, tuple)) else [a[1]]
+        return "rnn", [a[0]], {"cell": name, "hx": hx, "params": list(a[2]),
+                               "has_biases": bool(a[3]), "num_layers": int(a[4]),
+                               "bidirectional": bool(a[7]), "batch_first": bool(a[8])}
     if name == "index_select":
         return "index_select", [a[0]], {"dim": a[1]}
     if name in ("pad", "constant_pad_nd"):

@@ -16,7 +16,7 @@ is the conservative choice).
 
 from __future__ import annotations
 
-from . import attention, elementwise, linear, norms, shape, sources  # noqa: F401
+from . import attention, elementwise, linear, norms, recurrent, shape, sources  # noqa: F401
 from .registry import BARRIER, RULES, Rule, covered_ops, register, rule_for
 
 __all__ = ["Rule", "register", "rule_for", "RULES", "BARRIER", "covered_ops"]
