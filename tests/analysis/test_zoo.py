@@ -187,6 +187,8 @@ _META_SCRIPT = """
 import json, resource, sys, time
 import torch
 sys.path[:0] = {paths!r}
+import _torchvision_shim  # transformers imports torchvision when it is installed
+_torchvision_shim.install()
 import _zoo
 from thermanopt.analysis import find_symmetries
 case = {{c.name: c for c in _zoo.meta_cases()}}[{name!r}]
@@ -213,7 +215,8 @@ def test_meta_device_llama(name):
     """7B/70B shapes: graph, groups and dimensions; weights never materialised."""
     pytest.importorskip("transformers")
     root = Path(__file__).resolve().parents[2]
-    code = _META_SCRIPT.format(paths=[str(root), str(Path(__file__).parent)], name=name)
+    paths = [str(root), str(Path(__file__).parent), str(root / "benchmarks")]
+    code = _META_SCRIPT.format(paths=paths, name=name)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=900, cwd=root)
