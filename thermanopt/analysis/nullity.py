@@ -7,7 +7,8 @@ Jacobian stacked over enough inputs is exactly the tangent space of the symmetry
 
 - ``full`` (up to ``max_params`` parameters): rows of ``J`` for random inputs are folded into
   a triangular factor ``R`` (QR of ``[R; J_new]``, memory ``O(P^2)``) until the nullity is
-  stable: at least 1.5 P rows and unchanged over the last chunk, or 4 P rows.
+  stable: at least 1.5 P rows and unchanged over the last two chunks (each of P/2 rows and
+  at least 8 input draws), or 6 P rows.
 - ``sampled`` (larger models): the Jacobian restricted to the span of sampled tangent vectors
   of the reported symmetries and random coordinate directions, computed matrix-free with
   Jacobian-vector products (no dense rows of length P); extra null directions found there
@@ -34,6 +35,7 @@ __all__ = ["rank_cut", "random_inputs", "jacobian_nullity", "GAP", "CUT", "FLOAT
 GAP = 1e3  # smallest ratio between the last kept and the first null singular value
 CUT = 1e-5  # null singular values lie below CUT * largest
 FLOAT32_FLOOR = 1e-10  # null values above this (relative) come from a float32 round trip
+MIN_DRAWS = 8  # input draws per chunk of rows
 
 
 def rank_cut(singular: torch.Tensor) -> tuple[int, float, float]:
@@ -95,7 +97,7 @@ def _jacobian_rows(f, flat0: torch.Tensor, draws: list[tuple]) -> torch.Tensor:
 
 
 def jacobian_nullity(model: nn.Module, report, *, max_params: int = 4096, seed: int = 0,
-                     perturb: float = 0.1, max_factor: float = 4.0,
+                     perturb: float = 0.1, max_factor: float = 6.0,
                      n_tangents: int = 96, n_coords: int = 64) -> dict:
     """The Jacobian check (module docstring). Returns ``mode``, ``nullity``, ``details``
     (rows, columns, history, floor, gap), ``n_params``, ``loss_nullity`` for logits, and
@@ -145,11 +147,14 @@ def _full(m64, model, report, p64, names, sizes, base, n_out, gen, max_factor,
     with torch.no_grad():
         out_shape = forward(m64, p64, base).shape
     r = rc = None
-    rows, history, floor, gap = 0, [], 0.0, math.inf
+    rows, n_draws, history, floor, gap = 0, 0, [], 0.0, math.inf
     while True:
-        target = rows + max(P // 2, 1)
-        while rows < target:
+        # a chunk: half the parameter count of rows and at least MIN_DRAWS input draws (the
+        # rows of one draw are strongly correlated: spatial positions, sequence tokens)
+        target, first = rows + max(P // 2, 1), n_draws
+        while rows < target or n_draws - first < MIN_DRAWS:
             draws = [random_inputs(model, base, gen) for _ in range(per_call)]
+            n_draws += len(draws)
             j = _jacobian_rows(f, flat0, draws)
             rows += j.shape[0]
             r = torch.linalg.qr(j if r is None else torch.cat([r, j]), mode="r").R
@@ -159,12 +164,14 @@ def _full(m64, model, report, p64, names, sizes, base, n_out, gen, max_factor,
                 rc = torch.linalg.qr(jc if rc is None else torch.cat([rc, jc]), mode="r").R
         rank, floor, gap = rank_cut(torch.linalg.svdvals(r))
         history.append(P - rank)
-        stable = len(history) >= 2 and history[-1] == history[-2]
-        if (rows >= 1.5 * P and stable) or rows >= max_factor * P:
+        # unchanged over the last two chunks: rarely excited directions (units active on a
+        # few inputs only) make the nullity creep down slowly
+        stable = len(history) >= 3 and history[-1] == history[-2] == history[-3]
+        if (rows >= 1.5 * P and stable) or (rows >= max_factor * P and n_draws >= 16 * MIN_DRAWS):
             break
     res = {"mode": "full", "nullity": P - rank, "n_params": P,
            "details": {"rows": rows, "cols": P, "history": history, "floor": floor,
-                       "gap": gap, "draws_per_call": per_call}}
+                       "gap": gap, "draws": n_draws}}
     if rc is not None:
         res["loss_nullity"] = P - rank_cut(torch.linalg.svdvals(rc))[0]
     tang = _dense_tangents(report, p64, names)
