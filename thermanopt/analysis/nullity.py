@@ -8,7 +8,7 @@ Jacobian stacked over enough inputs is exactly the tangent space of the symmetry
 - ``full`` (up to ``max_params`` parameters): rows of ``J`` for random inputs are folded into
   a triangular factor ``R`` (QR of ``[R; J_new]``, memory ``O(P^2)``) until the nullity is
   stable: at least 1.5 P rows and unchanged over the last two chunks (each of P/2 rows and
-  at least 8 input draws), or 6 P rows.
+  at least 8 input draws), or 6 P rows (20 P, up to 10^4 rows, for small models).
 - ``sampled`` (larger models): the Jacobian restricted to the span of sampled tangent vectors
   of the reported symmetries and random coordinate directions, computed matrix-free with
   Jacobian-vector products (no dense rows of length P); extra null directions found there
@@ -167,7 +167,8 @@ def _full(m64, model, report, p64, names, sizes, base, n_out, gen, max_factor,
         # unchanged over the last two chunks: rarely excited directions (units active on a
         # few inputs only) make the nullity creep down slowly
         stable = len(history) >= 3 and history[-1] == history[-2] == history[-3]
-        if (rows >= 1.5 * P and stable) or (rows >= max_factor * P and n_draws >= 16 * MIN_DRAWS):
+        cap = max(max_factor * P, min(20 * P, 10_000))  # small models: rows are cheap
+        if (rows >= 1.5 * P and stable) or (rows >= cap and n_draws >= 16 * MIN_DRAWS):
             break
     res = {"mode": "full", "nullity": P - rank, "n_params": P,
            "details": {"rows": rows, "cols": P, "history": history, "floor": floor,
