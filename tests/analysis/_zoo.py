@@ -3,7 +3,8 @@
 Three sizes of each family:
 
 - :func:`full_cases`: the published architectures (torchvision, timm, Hugging Face
-  transformers, torch recurrent layers, a tied-embedding language model), float32, eval mode.
+  transformers, torch recurrent layers, a tied-embedding language model, a GroupNorm CNN),
+  float32, eval mode.
 - :func:`tiny_cases`: the same architecture classes with small widths, depths, images and
   vocabularies (<= 20k parameters, float64, parameters moved off their special init point),
   small enough for an independent Jacobian-nullity check.
@@ -175,6 +176,24 @@ class TiedLM(nn.Module):
         x = self.emb(idx)
         x = x + self.proj(nn.functional.gelu(self.fc(x)))
         return self.head(self.norm(x))
+
+
+class GroupNormCNN(nn.Module):
+    """Conv-GroupNorm-ReLU blocks with a residual stream, average pool and a linear head."""
+
+    def __init__(self, channels: int, groups: int, blocks: int, n_out: int):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+                                   for _ in range(blocks))
+        self.norms = nn.ModuleList(nn.GroupNorm(groups, channels) for _ in range(blocks))
+        self.head = nn.Linear(channels, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for conv, norm in zip(self.convs, self.norms):
+            x = x + torch.relu(norm(conv(x)))
+        return self.head(x.mean(dim=(2, 3)))
 
 
 def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> Callable[[], nn.Module]:
@@ -354,6 +373,8 @@ def full_cases() -> list[Case]:
              sequences(64, 12)),
         Case("tied_lm", "tied", _seeded(lambda: TiedLM(1000, 128, 512).eval()),
              tokens(1000, 16)),
+        Case("groupnorm_cnn", "groupnorm", _seeded(lambda: GroupNormCNN(64, 8, 4, 10).eval()),
+             img),
     ]
 
 
@@ -400,6 +421,7 @@ def tiny_cases() -> list[Case]:
         _tiny_case("gru", "gru", lambda: Recurrent("gru", 3, 4, 2, 2),
                    sequences(3, 5, torch.float64)),
         _tiny_case("tied_lm", "tied", lambda: TiedLM(11, 4, 6), tokens(11, 5)),
+        _tiny_case("groupnorm_cnn", "groupnorm", lambda: GroupNormCNN(4, 2, 2, 3), img8),
     ]
 
 

@@ -82,7 +82,7 @@ def test_full_size_model_is_analysed(case):
 
 @pytest.mark.parametrize("case", [_param(c) for c in _zoo.full_cases()
                                   if c.family in ("resnet", "mobilenet_v3", "timm_convnext",
-                                                  "lstm", "gru", "tied")])
+                                                  "lstm", "gru", "tied", "groupnorm")])
 def test_full_size_model_has_discrete_groups(case):
     """Hidden units of every family can be permuted: the report has permutation groups."""
     _need(case)
