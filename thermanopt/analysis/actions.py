@@ -158,6 +158,14 @@ def _view(params: dict, name: str, index: tuple) -> torch.Tensor:
     return params[name][index] if index else params[name]
 
 
+def shift_scale(t: torch.Tensor) -> float:
+    """Size of a random additive group element for parameter ``t``: half its standard
+    deviation (shifts of order one on weights of order 0.02 would drown a float32 check in
+    cancellation), 0.5 for constant tensors."""
+    s = float(t.detach().float().std()) if t.numel() > 1 else 0.0
+    return 0.5 * s if s > 0 else 0.5
+
+
 def _flat(d: dict, names: list[str]) -> torch.Tensor:
     return torch.cat([d[k].reshape(-1) for k in names])
 
@@ -461,7 +469,7 @@ class NullAction(Action):
         name, idx = self.data["param"], self.data["index"]
         view = _view(params, name, idx)
         shift = torch.randn(view.shape, generator=element, dtype=torch.float64).to(view)
-        _write(params, name, idx, view + shift, False)
+        _write(params, name, idx, view + shift_scale(params[name]) * shift, False)
 
     def tangents(self, p, ctx, sym, limit, rng):
         name, idx = self.data["param"], self.data["index"]
@@ -504,8 +512,8 @@ class TradeAction(Action):
             _write(out, dst, index, -(base[wname] @ u if wname else u), True)
 
     def apply(self, params, ctx, sym, element):
-        self._shift(params, params, torch.randn(sym.size, generator=element,
-                                                dtype=torch.float64))
+        u = torch.randn(sym.size, generator=element, dtype=torch.float64)
+        self._shift(params, params, u * shift_scale(params[self.data["src"][0]]))
 
     def tangents(self, p, ctx, sym, limit, rng):
         out = []
@@ -533,7 +541,8 @@ class ShiftAction(Action):
         out[self.data["dst"]] = out[self.data["dst"]] - c
 
     def apply(self, params, ctx, sym, element):
-        self._shift(params, torch.randn(1, generator=element, dtype=torch.float64).item())
+        c = torch.randn(1, generator=element, dtype=torch.float64).item()
+        self._shift(params, c * shift_scale(params[self.data["src"]]))
 
     def tangents(self, p, ctx, sym, limit, rng):
         d = _zeros(p)
@@ -645,6 +654,7 @@ class LNNullAction(Action):
 
     def apply(self, params, ctx, sym, element):
         c = torch.randn(self.data["rows"], generator=element, dtype=torch.float64)
+        c = c * shift_scale(params[self.data["weight"]])
         self._add(params, *self.delta(params, c.to(params[self.data["weight"]])))
 
     def tangents(self, p, ctx, sym, limit, rng):
@@ -683,6 +693,7 @@ class CenterAction(Action):
     def apply(self, params, ctx, sym, element):
         for k, d, pos in self.data["producers"]:
             pc, delta = self.delta(params, ctx, k, d, pos, gen=element)
+            delta = delta * shift_scale(params[pc.name])
             _write(params, pc.name, pc.index, delta.to(params[pc.name]), True)
 
     def tangents(self, p, ctx, sym, limit, rng):
@@ -716,7 +727,7 @@ class TranslationAction(Action):
     def apply(self, params, ctx, sym, element):
         w = params[self.data["weight"]]
         v = torch.randn(w.shape[1], generator=element, dtype=torch.float64).to(w)
-        params[self.data["weight"]] = w + v[None, :]
+        params[self.data["weight"]] = w + shift_scale(w) * v[None, :]
         if self.data.get("bias"):
             params[self.data["bias"]] = params[self.data["bias"]] + torch.randn(
                 1, generator=element, dtype=torch.float64).item()
