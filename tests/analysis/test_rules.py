@@ -108,7 +108,22 @@ def test_group_norm_gap_is_flagged_not_wrong():
     r = exact(lambda: nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4), nn.ReLU(),
                                     nn.Conv2d(4, 2, 1)), x)
     assert r.complete is False and r.jacobian_nullity > r.continuous_dim
-    assert any("group" in n for n in r.notes)
+    assert any("GroupNorm" in g or "group_norm" in g for g in r.gaps), r.gaps
+
+
+def test_under_reporting_names_the_parameters_of_the_gap():
+    """Linear -> eval BatchNorm -> Linear: any invertible map passes through the affine
+    BatchNorm (a point-dependent GL that is not reported); the gap names where it lives."""
+    def build():
+        m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+        with torch.no_grad():
+            m[1].running_mean.normal_(0.0, 0.1)
+            m[1].running_var.uniform_(0.5, 2.0)
+        return m.eval()
+
+    r = exact(build, torch.randn(5, 3, dtype=torch.float64))
+    assert r.complete is False and r.jacobian_nullity > r.continuous_dim
+    assert r.gaps and "0.weight" in r.gaps[0] and "2.weight" in r.gaps[0], r.gaps
 
 
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])

@@ -180,7 +180,31 @@ def _full(m64, model, report, p64, names, sizes, base, n_out, gen, max_factor,
         # ||J t|| = ||R t||: the reported directions must lie in the kernel
         res["tangent_residual"] = float((r @ tang.T).norm() / (r.norm() * tang.norm()))
         res["tangent_rank"] = rank_cut(torch.linalg.svdvals(tang))[0]
+    if P - rank > res.get("tangent_rank", 0):
+        res["missing"] = _missing(r, rank, tang, names, sizes)
     return res
+
+
+def _missing(r: torch.Tensor, rank: int, tang: torch.Tensor, names: list[str],
+             sizes: list[int]) -> list[tuple[str, float]]:
+    """Where the null directions that no reported symmetry explains live: the share of their
+    squared norm carried by each parameter (largest first)."""
+    null = torch.linalg.svd(r, full_matrices=True).Vh[rank:].T  # (P, nullity)
+    if tang.shape[0]:
+        q, rr = torch.linalg.qr(tang.T)
+        d = torch.diagonal(rr).abs()
+        q = q[:, d > d.max() * 1e-10]
+        null = null - q @ (q.T @ null)
+    u, s, _ = torch.linalg.svd(null, full_matrices=False)
+    u = u[:, s > 1e-6]
+    if u.shape[1] == 0:
+        return []
+    mass = (u ** 2).sum(1)
+    out, o = [], 0
+    for k, n in zip(names, sizes):
+        out.append((k, float(mass[o:o + n].sum() / mass.sum())))
+        o += n
+    return sorted([m for m in out if m[1] >= 0.01], key=lambda m: -m[1])
 
 
 def _dense_tangents(report, p64: dict, names: list[str]) -> torch.Tensor:

@@ -81,6 +81,7 @@ class SymmetryReport:
     context: dict = field(default_factory=dict, repr=False)
 
     unhandled_ops: list[str] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
 
     @property
     def discrete(self) -> list[Symmetry]:
@@ -103,6 +104,7 @@ class SymmetryReport:
             "jacobian_details": self.jacobian_details,
             "complete": self.complete,
             "unhandled_ops": self.unhandled_ops,
+            "gaps": self.gaps,
             "verification": self.verification,
             "notes": self.notes,
             "seconds": self.seconds,
@@ -137,6 +139,7 @@ class SymmetryReport:
         if self.unhandled_ops:
             lines.append("operations without a rule (barriers): " + ", ".join(
                 self.unhandled_ops))
+        lines.extend(f"gap: {g}" for g in self.gaps)
         return "\n".join(lines)
 
     def plot(self, path: str) -> None:

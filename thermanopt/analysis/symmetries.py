@@ -282,8 +282,10 @@ def find_symmetries(model: nn.Module, example_inputs, *, output: str = "logits",
                       for n in (rp["mean"], rp["var"]) if n in bufs}
     report = SymmetryReport(records, cont, loss, None, None, an.nx, g.method, notes, n_params,
                             context=ctx, unhandled_ops=list(an.unhandled))
-    if an.unhandled:
+    report.gaps = list(dict.fromkeys(an.gaps))
+    if an.unhandled or an.gaps:
         report.complete = False
+    if an.unhandled:
         report.notes.append("operations without a rule were treated as barriers (no symmetry "
                             "passes through them): " + ", ".join(an.unhandled))
     report.seconds = {"trace": t1 - t0, "classify": t2 - t1}
@@ -298,7 +300,7 @@ def find_symmetries(model: nn.Module, example_inputs, *, output: str = "logits",
         from .verify import verify_report
 
         verify_report(model, report, jacobian=jacobian, seed=seed)
-        if an.unhandled:
+        if an.unhandled or an.gaps:
             report.complete = False
     report.seconds["total"] = time.perf_counter() - t0
     return report

@@ -74,6 +74,7 @@ class SymmetryAnalysis(CoupledAxes):
         self.nulls: list[dict] = []
         self.notes: list[str] = list(graph.notes)
         self.unhandled: list[str] = []
+        self.gaps: list[str] = []  # symmetries a conservative rule knowingly leaves out
         self.bias_of: dict[str, str] = {}  # value -> value name of the bias added last
         self.scores_key: dict[str, str] = {}  # value -> key value of attention scores
         self.producer: dict[str, OpNode] = {}

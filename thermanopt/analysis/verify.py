@@ -228,6 +228,12 @@ def verify_report(model: nn.Module, report: SymmetryReport, *, jacobian: bool | 
             report.notes.append(
                 f"under-reporting: the Jacobian has {report.jacobian_nullity} null directions "
                 f"but only {report.continuous_dim} continuous symmetry dimensions were found")
+            where = ", ".join(f"{name} ({share:.0%})" for name, share in
+                              res.get("missing", [])[:6])
+            report.gaps.append(
+                f"{report.jacobian_nullity - report.continuous_dim} null direction(s) of the "
+                "Jacobian explained by no reported symmetry" +
+                (f", carried by {where}" if where else ""))
         elif report.jacobian_nullity < report.continuous_dim:
             report.notes.append(
                 f"over-reporting: {report.continuous_dim} continuous dimensions reported but "

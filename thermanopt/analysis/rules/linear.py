@@ -116,8 +116,8 @@ class ConvRule(Rule):
             an.fix(xa[1], f"{why}: grouped convolution (channels fixed, conservative)")
             an.fix(wa[0], why)
             an.fix(wa[1], why)
-            an.notes.append(f"{why}: grouped convolution with {groups} groups: channel "
-                            "symmetries not analysed")
+            an.gaps.append(f"{why}: grouped convolution with {groups} groups: channel "
+                           "symmetries not analysed")
             out_ch = wa[0]
         if bias is not None:
             an.unify(an.ax(bias)[0], out_ch, 0, why)

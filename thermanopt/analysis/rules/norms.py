@@ -133,8 +133,9 @@ class GroupNormRule(Rule):
             if k != 1:
                 an.restrict(axis, PERM, f"{why}: batched normalization")
         an.fix(xa[1], f"{why}: group statistics (conservative)")
-        an.notes.append(f"{why}: the positive scale of each of the "
-                        f"{node.kwargs.get('groups', '?')} groups is not reported")
+        an.gaps.append(f"{why}: the positive scale of each of its "
+                       f"{node.kwargs.get('groups', '?')} groups and the channel "
+                       "permutations within and across groups are not reported")
         an.set_axes(node, _affine(an, node, xa, [1], why))
 
 
