@@ -209,3 +209,25 @@ def test_traced_graph_is_cached_per_signature():
     assert trace(m, (torch.randn(5, 3),)) is not g1
     m.eval()
     assert trace(m, (torch.randn(2, 3),)) is not g1
+
+
+class TrainModeAttention(nn.Module):
+    """Attention whose dropout reads the module's own flag (as Hugging Face models do);
+    Hugging Face models built from a config start in train mode."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.o = nn.Linear(d, 3)
+
+    def forward(self, x):
+        y = F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x),
+                                           dropout_p=0.3 if self.training else 0.0)
+        return self.o(y)
+
+
+def test_train_mode_attention_dropout_does_not_fail_verification():
+    torch.manual_seed(0)
+    r = find_symmetries(TrainModeAttention().double().train(),
+                        torch.randn(2, 5, 8, dtype=torch.float64), output="raw")
+    assert r.symmetries and all(s.verified for s in r.symmetries), r.table()

@@ -23,13 +23,16 @@ def parameters64(model: nn.Module, dtype: torch.dtype = torch.float64) -> dict[s
 
 
 def model64(model: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
-    """A float64 deep copy for functional evaluation (dropout off, BatchNorm batch statistics
-    without buffer updates)."""
+    """A float64 deep copy for functional evaluation: every module but BatchNorm in eval mode
+    (no dropout, also inside attention), train-mode BatchNorm on batch statistics without
+    buffer updates."""
     m = copy.deepcopy(model).to(dtype)
     for mod in m.modules():
-        if isinstance(mod, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)):
-            mod.eval()
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training:
+        if not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            # dropout modules, and modules that read their own flag (attention dropout in
+            # scaled_dot_product_attention, stochastic depth): deterministic
+            mod.training = False
+        elif mod.training:
             # batch statistics without buffer updates (pure function for torch.func)
             mod.track_running_stats = False
             mod.running_mean = mod.running_var = mod.num_batches_tracked = None
