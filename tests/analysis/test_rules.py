@@ -103,12 +103,16 @@ def test_eval_batchnorm_keeps_channel_permutations_and_rescale():
     assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 8
 
 
-def test_group_norm_gap_is_flagged_not_wrong():
+def test_group_norm_permutes_groups_and_channels_within_groups():
+    """Permutations of the 2 groups, of the channels inside each group, one scale per group;
+    the per-group shift of the writer's bias (removed by the group mean) is a named gap."""
     x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
     r = exact(lambda: nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4), nn.ReLU(),
                                     nn.Conv2d(4, 2, 1)), x)
-    assert r.complete is False and r.jacobian_nullity > r.continuous_dim
-    assert any("GroupNorm" in g or "group_norm" in g for g in r.gaps), r.gaps
+    assert sorted(s.group for s in r.by_kind("permutation")) == ["(S_2)^2", "S_2"]
+    assert [s.copies for s in r.by_kind("scale")] == [2]
+    assert r.complete is False and r.jacobian_nullity == r.continuous_dim + 2
+    assert r.gaps and "0.bias" in r.gaps[0], r.gaps
 
 
 def test_under_reporting_names_the_parameters_of_the_gap():

@@ -119,24 +119,62 @@ class BatchNormRule(Rule):
 
 @register
 class GroupNormRule(Rule):
-    """GroupNorm ``(N, C, *S)`` in ``G`` groups. Exact symmetries are a positive scale per
-    group and permutations inside and across groups; here the input channel axis is fixed
-    (conservative: the ``G`` group scales are a named gap), while the per-channel affine
-    output keeps its signed diagonal maps."""
+    """GroupNorm ``(N, C, *S)`` in ``G`` groups: the channel axis splits as ``G x C/G``.
+
+    ``GN(x)`` is unchanged by a positive scale of each group and by permutations of the
+    channels within a group and of whole groups: the group factor keeps permutations, the
+    within-group factor one absorbed scale and one permutation per group (``copies``). The
+    normalised output and the per-channel affine after it have the same split, linked to the
+    input's; the affine space keeps its signed diagonal maps.
+    """
 
     ops = ("group_norm",)
 
     def apply(self, an: Any, node: Any) -> None:
         why = f"{node.name}({node.op})"
-        xa = list(an.ax(node.args[0]))
+        x, w, b = node.args[:3]
+        xa = list(an.ax(x))
+        G, C = node.kwargs.get("groups"), node.shape[1]
         for k, axis in enumerate(xa):
             if k != 1:
                 an.restrict(axis, PERM, f"{why}: batched normalization")
-        an.fix(xa[1], f"{why}: group statistics (conservative)")
-        an.gaps.append(f"{why}: the positive scale of each of its "
-                       f"{node.kwargs.get('groups', '?')} groups and the channel "
-                       "permutations within and across groups are not reported")
-        an.set_axes(node, _affine(an, node, xa, [1], why))
+        if not isinstance(G, int) or G < 1 or C % G:
+            an.fix(xa[1], f"{why}: group statistics")
+            an.gaps.append(f"{why}: group structure not recognised")
+            an.set_axes(node, _affine(an, node, xa, [1], why))
+            return
+
+        def split(axis):
+            g, cg = an.new_axis(G), an.new_axis(C // G)
+            if cg and g:
+                an.segs[cg[0]].copies_of = g[0]
+            an.unify(axis, g + cg, 0, why)
+            return g, cg
+
+        g0, c0 = split(xa[1])
+        an.restrict(g0, PERM, f"{why}: groups have their own statistics")
+        an.restrict(c0, SCALE, f"{why}: one scale per group")
+        an.absorb(c0, why)
+        nrm = an.new_axis(C)
+        gn, cn = split(nrm)
+        an.link(g0, gn, why)
+        an.link(c0, cn, why)
+        an.restrict(nrm, PERM, f"{why}: normalized output")
+        y = nrm
+        if w is not None:
+            y = an.new_axis(C)
+            gy, cy = split(y)
+            an.link(gn, gy, why)
+            an.link(cn, cy, why)
+            an.restrict(y, MONOMIAL, f"{why}: per-channel affine")
+            an.unify(an.ax(w)[0], y, 0, why)
+            an.diagonal.add(an.param_of.get(w.name, ""))
+        if b is not None:
+            an.unify(an.ax(b)[0], y, 0, why)
+            an.bias_of[node.name] = b.name
+        out = list(xa)
+        out[1] = y
+        an.set_axes(node, out)
 
 
 __all__ = ["LayerNormRule", "BatchNormRule", "GroupNormRule"]
