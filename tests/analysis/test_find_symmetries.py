@@ -10,7 +10,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _models import HandAttention, MHAModel, TinyCNN, mlp  # noqa: E402
 
-from thermanopt.analysis import UnsupportedOpError, find_symmetries  # noqa: E402
+from thermanopt.analysis import find_symmetries  # noqa: E402
 
 
 def kinds(report, kind):
@@ -115,17 +115,24 @@ def test_other_front_ends_agree(tracer):
     assert r.tracer == tracer and r.continuous_dim == 4 and r.jacobian_nullity == 4
 
 
-def test_unsupported_op_is_named():
+@pytest.mark.parametrize("tracer", ["export", "fx"])
+def test_op_without_rule_is_a_named_barrier(tracer):
+    """An op without a rule never aborts: it pins the axes around it, is listed in
+    ``unhandled_ops`` and makes the report incomplete; symmetries before it survive."""
     class Weird(nn.Module):
         def __init__(self):
             super().__init__()
-            self.l = nn.Linear(4, 4)
+            self.a = nn.Linear(4, 3)
+            self.l = nn.Linear(3, 4)
 
         def forward(self, x):
-            return torch.cumsum(self.l(x), dim=-1)
+            return torch.special.i0(self.l(torch.relu(self.a(x))))
 
-    with pytest.raises(UnsupportedOpError, match="cumsum"):
-        find_symmetries(Weird(), torch.randn(2, 4), tracer="fx")
+    r = find_symmetries(Weird(), torch.randn(2, 4), tracer=tracer, output="raw")
+    assert any("i0" in op for op in r.unhandled_ops), r.unhandled_ops
+    assert r.complete is False
+    assert r.continuous_dim == 3 and r.jacobian_nullity == 3  # the ReLU rescale of a -> l
+    assert "i0" in r.to_json()
 
 
 def test_bad_inputs():
@@ -355,6 +362,7 @@ def test_bias_read_by_a_nonlinear_op_is_not_traded():
 
 def test_failed_verification_is_flagged():
     """A wrong claim (the old q.bias-only trade) is marked FAILED and the report incomplete."""
+    from thermanopt.analysis.actions import make_action
     from thermanopt.analysis.symmetries import Symmetry
     from thermanopt.analysis.verify import verify_report
 
@@ -365,8 +373,8 @@ def test_failed_verification_is_flagged():
     r = find_symmetries(model, torch.randint(0, 11, (2, 5)), tracer="fx", verify=False)
     wrong = Symmetry("trade", True, "R^8", 8, None,
                      [{"name": "ln1.bias", "index": ":", "dim": 0, "role": "trade"}], size=8,
-                     action={"type": "trade", "src": ("ln1.bias", ()),
-                             "weight": ("q.weight", ()), "dst": "q.bias", "dim": 8})
+                     action=make_action("trade", src=("ln1.bias", ()),
+                                        weight=("q.weight", ()), dst="q.bias", dim=8))
     r.symmetries.append(wrong)
     verify_report(model, r, jacobian=False)
     assert wrong.verified is False and wrong.verified_error > 1e-3

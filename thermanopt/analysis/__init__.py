@@ -6,8 +6,7 @@ verifies them numerically (:mod:`.verify`); :mod:`.breaking` records the conserv
 quantities of those symmetries along training (Ziyin, Xu & Chuang, arXiv 2505.12387).
 """
 
-from .symmetries import Symmetry, SymmetryReport, find_symmetries
-from .symmetry_graph import symmetry_graph
+from .symmetries import Symmetry, SymmetryReport, find_symmetries, symmetry_graph
 from .tracing import TracingError, UnsupportedOpError, trace
 
 __all__ = [

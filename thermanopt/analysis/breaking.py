@@ -28,95 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .symmetries import Symmetry, SymmetryReport
-from .verify import _leaf_positions, verify_symmetry
+from .report import Symmetry, SymmetryReport
+from .verify import verify_symmetry
 
 __all__ = ["BreakingHistory", "track_breaking", "classify_breaking", "charges"]
 
-# affine actions whose generator depends on the parameters (bias trades, the free
-# direction after a LayerNorm): gradient flow conserves no simple charge for them, so
-# classify_breaking reports them as "untracked" instead of guessing a verdict
-UNTRACKED_ACTIONS = ("trade", "ln_null")
-
-
-def _unit_blocks(tensors: dict, report: SymmetryReport, sym: Symmetry):
-    """Yield (parity, matrix (units, rest)) for each parameter axis of ``sym``."""
-    ctx = report.context
-    segs = ctx["segs"]
-    for leaf in sym.action.get("leaves", []):
-        for k, d, pos, par in ctx["leaf_index"].get(leaf, []):
-            pc = ctx["pieces"][k]
-            t = tensors[pc.name]
-            t = t[pc.index] if pc.index else t
-            shape, where, offs = _leaf_positions(ctx, k)
-            te = t.reshape(shape)
-            target = offs[d] + pos
-            c = segs[leaf].copies_of
-            if sym.copies > 1 and c is not None:
-                cl = ctx["analysis"].leaves([c])
-                ca = where[cl[0][0]]
-                te = torch.movedim(te, (ca, target), (0, 1))
-                yield par, te.reshape(te.shape[0] * te.shape[1], -1)
-            else:
-                te = torch.movedim(te, target, 0)
-                yield par, te.reshape(te.shape[0], -1)
-
-
 def charges(tensors: dict, report: SymmetryReport, sym: Symmetry) -> tuple[np.ndarray, np.ndarray]:
-    """(charge ``theta^T A theta``, its absolute version ``theta^T |A| theta``) of ``sym``."""
-    t = sym.action["type"]
-    if t in ("pdiag", "homog", "gl", "orth"):
-        q = a = None
-        for par, m in _unit_blocks(tensors, report, sym):
-            if t in ("gl", "orth"):
-                v = m @ m.T if m.shape[0] <= 512 else (m * m).sum(1).diag()
-            else:
-                v = (m * m).sum(1)
-            q = (v if par == 0 else -v) if q is None else q + (v if par == 0 else -v)
-            a = v if a is None else a + v
-        if t == "homog":
-            q, a = q.sum(), a.sum()
-        return q.cpu().numpy(), a.cpu().numpy()
-    if t == "translation":
-        w = tensors[sym.action["weight"]]
-        parts = [w.sum(0)]
-        if sym.action.get("bias"):
-            parts.append(tensors[sym.action["bias"]].sum().reshape(1))
-        v = torch.cat(parts)
-        return v.cpu().numpy(), v.abs().cpu().numpy()
-    if t == "center":
-        # generators: shifts constant along the centred axis of each producer, so the
-        # Noether charge <generator, theta> is the sum over that axis (exact under GD/SGD)
-        parts = []
-        for k, d, pos in sym.action["producers"]:
-            pc = report.context["pieces"][k]
-            x = tensors[pc.name]
-            x = x[pc.index] if pc.index else x
-            shape, _where, offs = _leaf_positions(report.context, k)
-            parts.append(x.reshape(shape).sum(dim=offs[d] + pos).reshape(-1))
-        v = torch.cat(parts)
-        return v.cpu().numpy(), v.abs().cpu().numpy()
-    if t == "ln_null":
-        # the generator depends on theta (LayerNorm gain and shift): no conserved charge;
-        # the raw weight is recorded as an order parameter (see UNTRACKED_ACTIONS)
-        v = tensors[sym.action["weight"]].reshape(-1)
-        return v.cpu().numpy(), v.abs().cpu().numpy()
-    if t == "trade":
-        v = tensors[sym.action["dst"]].reshape(-1)
-        return v.cpu().numpy(), v.abs().cpu().numpy()
-    if t == "null":
-        x = tensors[sym.action["param"]]
-        x = x[sym.action["index"]] if sym.action["index"] else x
-        v = x.reshape(-1)
-        return v.cpu().numpy(), v.abs().cpu().numpy()
-    # discrete: order parameter = distance of units 0 and 1 (permutation) or of unit 0 to
-    # the sign-flip fixed set (sign)
-    d2 = None
-    for _par, m in _unit_blocks(tensors, report, sym):
-        v = ((m[0] - m[1]) ** 2).sum() if t == "perm" else (m[0] ** 2).sum()
-        d2 = v if d2 is None else d2 + v
-    d = torch.sqrt(d2) if d2 is not None else torch.zeros(())
-    return d.cpu().numpy(), d.cpu().numpy()
+    """(charge ``theta^T A theta``, its absolute version ``theta^T |A| theta``) of ``sym``
+    (:meth:`Action.charge`)."""
+    return sym.action.charge(tensors, report.context, sym)
 
 
 @dataclass
@@ -220,7 +140,7 @@ def classify_breaking(history: BreakingHistory, *, tol: float = 0.05,
             rec["verdict"] = "unbroken" if exact else "broken"
             out[lab] = rec
             continue
-        if s.action["type"] in UNTRACKED_ACTIONS:
+        if not s.action.tracked:
             rec["verdict"] = "untracked"
             rec["reason"] = "theta-dependent generator: no conserved quantity to track"
             out[lab] = rec
@@ -231,7 +151,7 @@ def classify_breaking(history: BreakingHistory, *, tol: float = 0.05,
         rec.update({"drift": drift, "mean_step_drift": float(
             np.mean([np.linalg.norm(x) for x in steps])) / scale})
         if history.lr is not None and lab in history.grad_charge and \
-                s.action["type"] in ("pdiag", "homog", "gl", "orth"):
+                s.action.quadratic:
             gq = np.array(history.grad_charge[lab], dtype=float)
             pred = history.lr ** 2 * gq
             err = float(np.linalg.norm((steps - pred).reshape(len(steps), -1)))
@@ -239,7 +159,7 @@ def classify_breaking(history: BreakingHistory, *, tol: float = 0.05,
             rec["step_prediction_error"] = err / max(float(np.linalg.norm(
                 steps.reshape(len(steps), -1))), 1e-300)
             ga = np.array(history.grad_absolute[lab], dtype=float)
-            if s.action["type"] in ("gl", "orth"):
+            if s.action.kind in ("gl", "orth"):
                 gqs = np.array([np.trace(x) for x in gq]) if gq.ndim == 3 else gq
                 gas = np.array([np.trace(x) for x in ga]) if ga.ndim == 3 else ga
             else:

@@ -43,161 +43,18 @@ A symmetry whose group-element check fails (relative error > 1e-6, not ``approxi
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
+from .actions import make_action
+from .report import Symmetry, SymmetryReport, fmt_index
 from .symmetry_graph import SymmetryAnalysis
 from .tracing import TracingError, UnsupportedOpError, trace
 
-__all__ = ["Symmetry", "SymmetryReport", "find_symmetries", "classify"]
-
-
-@dataclass
-class Symmetry:
-    """One symmetry group acting on a set of parameter axes."""
-
-    kind: str
-    continuous: bool
-    group: str
-    dim: int
-    order: int | None
-    parameters: list[dict]
-    level: str = "function"
-    verified_error: float | None = None
-    log_order: float | None = None
-    approximate: str | None = None
-    size: int = 0
-    copies: int = 1
-    note: str = ""
-    action: dict = field(default_factory=dict, repr=False)
-    verified: bool | None = None  # False: the group-element check failed (error > 1e-6)
-
-    def to_dict(self) -> dict:
-        """JSON-able dict of the record (parameters as name/index pairs)."""
-        d = {k: getattr(self, k) for k in ("kind", "continuous", "group", "dim", "order",
-                                           "log_order", "level", "verified_error",
-                                           "approximate", "size", "copies", "note",
-                                           "verified")}
-        if isinstance(d["order"], int) and d["order"] > 2**53:
-            d["order"] = None
-        d["parameters"] = self.parameters
-        return d
-
-
-def _fmt_index(index: tuple) -> str:
-    if not index:
-        return ":"
-    return ",".join(f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s) for s in index)
-
-
-@dataclass
-class SymmetryReport:
-    """Result of :func:`find_symmetries`: the symmetries, their total continuous dimension (function
-    and loss level), the Jacobian nullity when verified, ``complete`` when the two agree, the
-    symmetry graph and the tracer used.
-    """
-    symmetries: list[Symmetry]
-    continuous_dim: int
-    loss_level_dim: int
-    jacobian_nullity: int | None
-    complete: bool | None
-    graph: Any
-    tracer: str = ""
-    notes: list[str] = field(default_factory=list)
-    n_parameters: int = 0
-    loss_jacobian_nullity: int | None = None
-    jacobian_mode: str | None = None
-    jacobian_details: dict = field(default_factory=dict)
-    verification: str = ""
-    seconds: dict = field(default_factory=dict)
-    context: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def discrete(self) -> list[Symmetry]:
-        return [s for s in self.symmetries if not s.continuous]
-
-    def by_kind(self, kind: str) -> list[Symmetry]:
-        """The symmetries of one ``kind`` (e.g. ``"rescale"``)."""
-        return [s for s in self.symmetries if s.kind == kind]
-
-    def to_json(self, path: str | None = None) -> str:
-        """The report as JSON text; also written to ``path`` when given."""
-        data = {
-            "tracer": self.tracer,
-            "n_parameters": self.n_parameters,
-            "continuous_dim": self.continuous_dim,
-            "loss_level_dim": self.loss_level_dim,
-            "jacobian_nullity": self.jacobian_nullity,
-            "loss_jacobian_nullity": self.loss_jacobian_nullity,
-            "jacobian_mode": self.jacobian_mode,
-            "jacobian_details": self.jacobian_details,
-            "complete": self.complete,
-            "verification": self.verification,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            "symmetries": [s.to_dict() for s in self.symmetries],
-        }
-        text = json.dumps(data, indent=2, default=str)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
-        return text
-
-    def table(self) -> str:
-        """Printable table: kind, group, continuity, dimension, level, error, parameters."""
-        head = f"{'kind':<15}{'group':<22}{'cont':<6}{'dim':>7}  {'level':<9}{'verified':>10}  " \
-               "parameters"
-        lines = [head, "-" * len(head)]
-        for s in self.symmetries:
-            names = sorted({p["name"] + ("" if p["index"] == ":" else f"[{p['index']}]")
-                            for p in s.parameters})
-            par = ", ".join(names[:4]) + (f", +{len(names) - 4}" if len(names) > 4 else "")
-            ver = "-" if s.verified_error is None else f"{s.verified_error:.1e}"
-            flag = " (approx: eps)" if s.approximate else ""
-            if s.verified is False:
-                flag += "  FAILED"
-            lines.append(f"{s.kind:<15}{s.group:<22}{'yes' if s.continuous else 'no':<6}"
-                         f"{s.dim:>7}  {s.level:<9}{ver:>10}  {par}{flag}")
-        lines.append("-" * len(head))
-        lines.append(f"continuous dim (function level): {self.continuous_dim}; loss level: "
-                     f"+{self.loss_level_dim}; Jacobian nullity: {self.jacobian_nullity} "
-                     f"({self.jacobian_mode or 'not run'}); complete: {self.complete}; "
-                     f"tracer: {self.tracer}")
-        return "\n".join(lines)
-
-    def plot(self, path: str) -> None:
-        """Figure of the coupled groups: parameters (grey) and groups coloured by type."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import networkx as nx
-
-        g = nx.Graph()
-        colours = {}
-        for k, s in enumerate(self.symmetries):
-            node = f"{s.group}#{k}"
-            g.add_node(node)
-            colours[node] = "tab:red" if s.continuous else "tab:blue"
-            for p in s.parameters:
-                g.add_node(p["name"])
-                colours.setdefault(p["name"], "lightgrey")
-                g.add_edge(node, p["name"])
-        fig, ax = plt.subplots(figsize=(12, 9))
-        pos = nx.spring_layout(g, seed=0, k=1.5 / math.sqrt(max(g.number_of_nodes(), 1)))
-        nx.draw_networkx(g, pos, ax=ax, node_color=[colours[n] for n in g.nodes], node_size=250,
-                         font_size=6)
-        ax.set_title("symmetry groups (red: continuous, blue: discrete) and the parameters "
-                     "they act on")
-        ax.axis("off")
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
+__all__ = ["Symmetry", "SymmetryReport", "find_symmetries", "classify", "symmetry_graph"]
 
 
 def _group_name(base: str, n: int, c: int) -> str:
@@ -217,7 +74,7 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
     def params_of(axes):
         out, seen = [], set()
         for k, d, _pos, par in axes:
-            key = (pieces[k].name, _fmt_index(pieces[k].index), d, par)
+            key = (pieces[k].name, fmt_index(pieces[k].index), d, par)
             if key not in seen:
                 seen.add(key)
                 out.append({"name": key[0], "index": key[1], "dim": d,
@@ -248,7 +105,7 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
             records.append(Symmetry(
                 "permutation", False, _group_name(f"S_{n}", n, c), 0, order, params_of(axes),
                 log_order=c * math.lgamma(n + 1), size=n, copies=c,
-                action={"type": "perm", "leaves": used}))
+                action=make_action("perm", leaves=used)))
         for m in used:
             s = segs[m]
             if s.fixed:
@@ -258,51 +115,51 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
             if "rotate" in f and "pdiag" in f:
                 records.append(Symmetry("general_linear", True, _group_name(f"GL({n})", n, c),
                                         c * n * n, None, **base,
-                                        action={"type": "gl", "leaves": [m]}))
+                                        action=make_action("gl", leaves=[m])))
             elif "rotate" in f:
                 records.append(Symmetry("rotation", True, _group_name(f"O({n})", n, c),
                                         c * n * (n - 1) // 2, None, **base,
                                         note="tied parameters restrict GL to O",
-                                        action={"type": "orth", "leaves": [m]}))
+                                        action=make_action("orth", leaves=[m])))
             else:
                 kind = "scale" if s.absorbed else "rescale"
                 if "pdiag" in f:
                     records.append(Symmetry(kind, True, _group_name(f"R_{{>0}}^{n}", n, c),
                                             c * n, None, **base, approximate=approx(m),
-                                            action={"type": "pdiag", "leaves": [m]}))
+                                            action=make_action("pdiag", leaves=[m])))
                 elif "homog" in f:
                     records.append(Symmetry("scale", True, _group_name("R_{>0}", 1, c), c,
                                             None, **base, approximate=approx(m),
-                                            action={"type": "homog", "leaves": [m]}))
+                                            action=make_action("homog", leaves=[m])))
                 if "sign" in f and n >= 1:
                     records.append(Symmetry("sign_flip", False, _group_name(f"Z_2^{n}", n, c),
                                             0, 2 ** (n * c) if n * c < 1000 else None,
                                             log_order=n * c * math.log(2), **base,
-                                            action={"type": "sign", "leaves": [m]}))
+                                            action=make_action("sign", leaves=[m])))
     for nl in an.nulls:
         idx = nl["index"]
         records.append(Symmetry("null", True, f"R^{nl['dim']}", nl["dim"], None,
-                                [{"name": nl["param"], "index": _fmt_index(idx), "dim": None,
+                                [{"name": nl["param"], "index": fmt_index(idx), "dim": None,
                                   "role": "null"}], note=nl["reason"], size=nl["dim"],
-                                action={"type": "null", "param": nl["param"], "index": idx}))
+                                action=make_action("null", param=nl["param"], index=idx)))
     for c in getattr(an, "centered", []):
         dim = sum(math.prod(pieces[k].shape) // segs[c["leaf"]].size for k, _d, _p in
                   c["producers"])
-        ps = [{"name": pieces[k].name, "index": _fmt_index(pieces[k].index), "dim": d,
+        ps = [{"name": pieces[k].name, "index": fmt_index(pieces[k].index), "dim": d,
                "role": "translation"} for k, d, _p in c["producers"]]
         records.append(Symmetry("translation", True, f"R^{dim}", dim, None, ps,
                                 size=segs[c["leaf"]].size,
                                 note="shift along 1 of a space read only by LayerNorms "
                                      "(mean-centering)",
-                                action={"type": "center", **c}))
+                                action=make_action("center", **c)))
     for ln in an.ln_nulls:
-        ps = [{"name": ln["weight"], "index": _fmt_index(ln["index"]), "dim": 0,
+        ps = [{"name": ln["weight"], "index": fmt_index(ln["index"]), "dim": 0,
                "role": "null"}]
         if ln["bias"]:
             ps.append({"name": ln["bias"], "index": ":", "dim": 0, "role": "null"})
         records.append(Symmetry("null", True, f"R^{ln['rows']}", ln["rows"], None, ps,
                                 size=ln["rows"], note=ln["reason"],
-                                action={"type": "ln_null", **ln}))
+                                action=make_action("ln_null", **ln)))
     for rot in getattr(an, "ln_rotations", []):
         n = rot["size"]
         axes = leaf_index.get(rot["leaf"], [])
@@ -315,21 +172,23 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
                                 ps, size=n,
                                 note="tied space read by LayerNorms: rotations fixing 1 "
                                      "(LN(Mx) = M LN(x)); LN readers compensate",
-                                action={"type": "ln_orth", **rot}))
+                                action=make_action("ln_orth", **rot)))
     for sh in getattr(an, "ln_shifts", []):
         records.append(Symmetry(
             "trade", True, "R^1", 1, None,
             [{"name": sh["src"], "index": ":", "dim": 0, "role": "trade"},
              {"name": sh["dst"], "index": ":", "dim": 0, "role": "trade"}],
-            note=sh["reason"], size=1, action={"type": "ln_shift", **sh}))
+            note=sh["reason"], size=1, action=make_action("ln_shift", **sh)))
     for tr in an.trades:
         records.append(Symmetry(
             "trade", True, f"R^{tr['dim']}", tr["dim"], None,
-            [{"name": tr["src"][0], "index": _fmt_index(tr["src"][1]), "dim": 0,
+            [{"name": tr["src"][0], "index": fmt_index(tr["src"][1]), "dim": 0,
               "role": "trade"}]
-            + [{"name": dst, "index": ":", "dim": 0, "role": "trade"}
+            + [{"name": dst if isinstance(dst, str) else dst[0],
+                "index": ":" if isinstance(dst, str) else fmt_index(dst[1]), "dim": 0,
+                "role": "trade"}
                for _w, dst in tr.get("consumers", [(tr["weight"], tr["dst"])])],
-            note=tr["reason"], size=tr["dim"], action={"type": "trade", **tr}))
+            note=tr["reason"], size=tr["dim"], action=make_action("trade", **tr)))
     if output == "logits" and an.output_linear is not None:
         ol = an.output_linear
         dim = ol["in_features"] + (1 if ol["bias"] else 0)
@@ -338,7 +197,7 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
             ps.append({"name": ol["bias"], "index": ":", "dim": 0, "role": "translation"})
         records.append(Symmetry("translation", True, f"R^{dim}", dim, None, ps, level="loss",
                                 size=dim, note="softmax translation of the logits",
-                                action={"type": "translation", **ol}))
+                                action=make_action("translation", **ol)))
     ctx = {"pieces": pieces, "piece_axes": piece_axes, "segs": segs, "leaf_index": leaf_index,
            "analysis": an}
     return records, ctx
@@ -368,7 +227,8 @@ def _check_inputs(model: nn.Module, example_inputs) -> tuple:
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     for i, x in enumerate(example_inputs):
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.is_meta and \
+                not torch.isfinite(x).all():
             raise ValueError(f"example input {i} contains NaN or inf")
     return example_inputs
 
@@ -417,14 +277,35 @@ def find_symmetries(model: nn.Module, example_inputs, *, output: str = "logits",
         notes.append("scale symmetries of normalization layers are exact only with eps = 0")
     ctx["output"] = output
     ctx["inputs"] = example_inputs
+    bufs = dict(model.named_buffers())
+    ctx["buffers"] = {n: bufs[n].detach().to(torch.float64) for rp in an.reparams
+                      for n in (rp["mean"], rp["var"]) if n in bufs}
     report = SymmetryReport(records, cont, loss, None, None, an.nx, g.method, notes, n_params,
-                            context=ctx)
+                            context=ctx, unhandled_ops=list(an.unhandled))
+    report.gaps = list(dict.fromkeys(an.gaps))
+    if an.unhandled or an.gaps:
+        report.complete = False
+    if an.unhandled:
+        report.notes.append("operations without a rule were treated as barriers (no symmetry "
+                            "passes through them): " + ", ".join(an.unhandled))
     report.seconds = {"trace": t1 - t0, "classify": t2 - t1}
     an.nx.graph["tracer"] = g.method
     an.nx.graph["symmetries"] = [s.to_dict() for s in records]
+    if verify and any(p.is_meta for p in model.parameters()):
+        report.notes.append("parameters on the meta device: numerical verification skipped "
+                            "(verify a width-reduced twin of the same architecture)")
+        report.verification = "skipped: meta device"
+        verify = False
     if verify:
         from .verify import verify_report
 
         verify_report(model, report, jacobian=jacobian, seed=seed)
+        if an.unhandled or an.gaps:
+            report.complete = False
     report.seconds["total"] = time.perf_counter() - t0
     return report
+
+
+def symmetry_graph(model: nn.Module, example_inputs, *, tracer: str = "auto"):
+    """The networkx symmetry graph of ``model`` (see :func:`find_symmetries`)."""
+    return find_symmetries(model, example_inputs, verify=False, tracer=tracer).graph

@@ -18,8 +18,10 @@ nothing is guessed.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,8 @@ __all__ = [
     "UnsupportedOpError",
     "trace",
     "canonical_parameter_names",
+    "output_leaves",
+    "clear_cache",
 ]
 
 
@@ -110,8 +114,13 @@ def canonical_parameter_names(model: nn.Module) -> dict[str, str]:
 # canonical op names shared by the three front ends
 _UNARY = {
     "relu": "relu", "relu_": "relu", "leaky_relu": "leaky_relu", "leaky_relu_": "leaky_relu",
-    "tanh": "tanh", "sigmoid": "sigmoid", "gelu": "gelu", "silu": "silu", "elu": "other_act",
-    "softplus": "other_act", "mish": "other_act", "hardtanh": "other_act",
+    "tanh": "tanh", "sigmoid": "sigmoid", "gelu": "gelu", "silu": "silu", "silu_": "silu",
+    "gelu_": "gelu", "elu": "other_act", "elu_": "other_act", "selu": "other_act",
+    "celu": "other_act", "softplus": "other_act", "mish": "other_act",
+    "hardtanh": "other_act", "hardtanh_": "other_act", "relu6": "other_act",
+    "hardswish": "hardswish", "hardswish_": "hardswish", "hardsigmoid": "hardsigmoid",
+    "hardsigmoid_": "hardsigmoid", "_to_copy": "identity", "tanh_": "tanh",
+    "sigmoid_": "sigmoid",
     "dropout": "identity", "dropout_": "identity", "feature_dropout": "identity",
     "alpha_dropout": "identity", "contiguous": "identity", "clone": "identity",
     "detach": "identity", "float": "identity", "double": "identity", "to": "identity",
@@ -120,7 +129,28 @@ _UNARY = {
 }
 _RESHAPE = {"view", "reshape", "flatten", "unflatten", "unsqueeze", "squeeze", "view_as",
             "reshape_as", "_unsafe_view", "expand_as"}
-_NONTENSOR = {"size", "dim", "sym_size", "numel", "getattr", "sym_numel", "_assert_tensor_metadata"}
+_NONTENSOR = {"size", "dim", "sym_size", "numel", "getattr", "sym_numel", "_assert_tensor_metadata",
+              "_assert_scalar", "sym_constrain_range_for_size", "_check_is_size", "item",
+              "sym_stride", "sym_storage_offset"}
+#: tensor factories: the output does not depend on any parameter
+_FACTORIES = {"arange", "full", "zeros", "ones", "empty", "scalar_tensor", "zeros_like",
+              "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+              "new_empty", "randn", "rand", "randn_like", "rand_like", "tensor", "eye",
+              "linspace", "tril", "triu", "_local_scalar_dense", "lift_fresh"}
+#: elementwise functions that commute with permutations only (canonical "pointwise")
+_POINTWISE = {"where", "maximum", "minimum", "pow", "clamp", "clamp_min", "clamp_max",
+              "clamp_", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "erf",
+              "reciprocal", "square", "eq", "ne", "lt", "gt", "le", "ge", "logical_and",
+              "logical_or", "logical_not", "masked_fill", "masked_fill_", "bitwise_and",
+              "bitwise_or", "bitwise_not", "log1p", "expm1", "sign", "floor", "ceil", "round",
+              "fmod", "remainder", "floor_divide", "isnan", "isinf", "lerp", "atan2",
+              "exp2", "tan", "sinh", "cosh", "erfinv", "triu_", "tril_", "bool", "long",
+              "int", "where_", "max_other", "min_other", "pow_", "exp_", "clamp_min_",
+              "div_floor", "copysign", "nan_to_num", "logit", "softsign", "tanhshrink",
+              "__and__", "__or__", "__xor__", "__invert__", "bitwise_xor", "logical_xor"}
+#: ops along given dims: (name -> how to read the dims from the args)
+_ALONG = {"roll", "flip", "cumsum", "cumprod", "repeat", "tile", "repeat_interleave",
+          "narrow_copy", "sort", "flip_", "logcumsumexp", "cummax", "diff"}
 
 _MODULE_OPS: dict[type, str] = {
     nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
@@ -179,6 +209,11 @@ class _Builder:
         return name
 
     def add(self, name, op, args, kwargs, shape, module=None, target="", meta=None) -> str:
+        if op == "batch_norm" and "stats_refs" in kwargs:
+            kwargs = dict(kwargs)
+            m, v, eps = kwargs.pop("stats_refs")
+            names = [self.buffer_name(r) for r in (m, v)]
+            kwargs["stats"] = None if None in names else (names[0], names[1], float(eps or 0))
         if name in self.names:
             name = self.fresh(name)
         else:
@@ -186,6 +221,15 @@ class _Builder:
         self.nodes.append(OpNode(name, op, tuple(args), dict(kwargs), shape, module, target,
                                  meta or {}))
         return name
+
+    def buffer_name(self, ref: Any) -> str | None:
+        """The module buffer a constant node stands for (None if it is not one)."""
+        if not isinstance(ref, Ref):
+            return None
+        for n in reversed(self.nodes):
+            if n.name == ref.name:
+                return n.meta.get("buffer")
+        return None
 
     def param(self, pname: str) -> Ref:
         c = self.canon.get(pname, pname)
@@ -211,7 +255,8 @@ class _Builder:
             if name in live or name not in by_name:
                 continue
             live.add(name)
-            for a in _refs(by_name[name].args):
+            node = by_name[name]
+            for a in _refs(list(node.args) + list(node.kwargs.values())):
                 stack.append(a)
         nodes = [n for n in self.nodes if n.name in live or n.op == "param"]
         dropped = sum(1 for n in self.nodes if n.name not in live and n.op not in
@@ -264,7 +309,7 @@ def _normalize(fn: str, args: list, kwargs: dict, module: str | None) -> tuple[s
         if name == "convolution":
             groups = args[8] if len(args) > 8 else 1
             if len(args) > 6 and args[6]:
-                raise UnsupportedOpError(fn, module, "transposed convolution")
+                return "conv_transpose", list(args[:3]), {}
         bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
         return "conv", [args[0], args[1], bias], {"groups": groups}
     if name == "layer_norm":
@@ -280,11 +325,14 @@ def _normalize(fn: str, args: list, kwargs: dict, module: str | None) -> tuple[s
         a = list(args) + [None] * 9
         if aten:  # input, weight, bias, running_mean, running_var, training, momentum, eps
             x, w, b, training = a[0], a[1], a[2], a[5]
+            stats = (a[3], a[4], a[7])
         else:  # F.batch_norm(input, running_mean, running_var, weight, bias, training, ...)
             x = a[0]
             w, b = kwargs.get("weight", a[3]), kwargs.get("bias", a[4])
             training = kwargs.get("training", a[5] if a[5] is not None else False)
-        return "batch_norm", [x, w, b], {"training": bool(training)}
+            stats = (kwargs.get("running_mean", a[1]), kwargs.get("running_var", a[2]),
+                     kwargs.get("eps", a[7] if a[7] is not None else 1e-5))
+        return "batch_norm", [x, w, b], {"training": bool(training), "stats_refs": stats}
     if name == "embedding":
         if aten:
             return "embedding", [args[0], args[1]], {}
@@ -292,7 +340,7 @@ def _normalize(fn: str, args: list, kwargs: dict, module: str | None) -> tuple[s
     if name in ("softmax", "log_softmax"):
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         if dim is None:
-            raise UnsupportedOpError(fn, module, "softmax without an explicit dim")
+            return "softmax_implicit_dim", [args[0]], {}
         return "softmax", [args[0]], {"dim": dim, "log": name == "log_softmax"}
     if name == "scaled_dot_product_attention":
         a = list(args) + [None] * 4
@@ -326,7 +374,60 @@ def _normalize(fn: str, args: list, kwargs: dict, module: str | None) -> tuple[s
         return "getitem", [args[0]], {"index": args[1]}
     if name in _NONTENSOR:
         return "nontensor", [], {}
-    raise UnsupportedOpError(fn, module)
+    extra = _normalize_more(name, args, kwargs)
+    if extra is not None:
+        return extra
+    return fn, list(args) + [v for v in kwargs.values()], {}
+
+
+def _normalize_more(name: str, args: list, kwargs: dict) -> tuple | None:
+    """Canonical names of the factories, pointwise functions, splits, index, padding,
+    GroupNorm, reductions and resampling ops (None: no rule; a barrier)."""
+    a = list(args) + [None] * 8
+    if name in _FACTORIES:
+        return "constant", [], {}
+    if name in _POINTWISE:
+        return "pointwise", [x for x in args if not isinstance(x, (list, tuple))], {}
+    if name in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split", "unsafe_split"):
+        dim = kwargs.get("dim", a[1] if name == "unbind" else a[2])
+        return ("unbind" if name == "unbind" else "split"), [a[0]], {"dim": dim or 0}
+    if name == "index":
+        return "index", [a[0]], {"indices": list(a[1])}
+    if name == "addmm":  # bias + x @ W (W stored as (in, out): GPT-2's Conv1D)
+        return "addmm", [a[1], a[2], a[0]], {"beta": kwargs.get("beta", 1),
+                                             "alpha": kwargs.get("alpha", 1)}
+    if name in ("lstm", "gru") and isinstance(a[2], (list, tuple)):
+        hx = list(a[1]) if isinstance(a[1], (list, tuple)) else [a[1]]
+        return "rnn", [a[0]], {"cell": name, "hx": hx, "params": list(a[2]),
+                               "has_biases": bool(a[3]), "num_layers": int(a[4]),
+                               "bidirectional": bool(a[7]), "batch_first": bool(a[8])}
+    if name == "index_select":
+        return "index_select", [a[0]], {"dim": a[1]}
+    if name in ("pad", "constant_pad_nd"):
+        return "pad", [a[0]], {"value": kwargs.get("value", a[2] if a[2] is not None else 0)}
+    if name == "stack":
+        return "stack", list(a[0]), {"dim": kwargs.get("dim", a[1] or 0)}
+    if name == "group_norm":
+        return "group_norm", [a[0], kwargs.get("weight", a[2]), kwargs.get("bias", a[3])], {
+            "groups": a[1]}
+    if name in ("amax", "max", "amin", "min") and a[1] is not None:
+        dim = kwargs.get("dim", a[1])
+        keep = kwargs.get("keepdim", a[2] or False)
+        return "reduce_max", [a[0]], {"dim": dim, "keepdim": bool(keep)}
+    if name in ("var", "std", "var_mean", "std_mean"):
+        dim = kwargs.get("dim", a[1])
+        keep = kwargs.get("keepdim", a[3] if a[3] is not None else False)
+        return "reduce_var", [a[0]], {"dim": dim, "keepdim": bool(keep)}
+    if name.startswith("upsample") or name.startswith("_upsample") or name == "interpolate":
+        return "upsample", [a[0]], {}
+    if name in _ALONG:
+        dims = kwargs.get("dims", kwargs.get("dim", a[2] if name == "roll" else a[1]))
+        if name in ("repeat", "tile"):
+            dims = None
+        if isinstance(dims, int):
+            dims = [dims]
+        return "along", [a[0]], {"dims": dims, "name": name}
+    return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -351,15 +452,13 @@ def _module_node(b: _Builder, mod: nn.Module, path: str, args: list, kwargs: dic
     if isinstance(mod, nn.Linear):
         return b.add(name, "linear", [x, p("weight"), p("bias")], {}, shape, path, "Linear")
     if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-        if mod.groups != 1:
-            raise UnsupportedOpError("conv(groups>1)", path, "grouped convolution")
-        if mod.padding_mode != "zeros":
-            raise UnsupportedOpError("conv", path, f"padding_mode={mod.padding_mode}")
-        return b.add(name, "conv", [x, p("weight"), p("bias")], {"groups": 1}, shape, path,
-                     type(mod).__name__)
+        return b.add(name, "conv", [x, p("weight"), p("bias")], {"groups": mod.groups}, shape,
+                     path, type(mod).__name__)
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
         training = mod.training or not mod.track_running_stats
-        return b.add(name, "batch_norm", [x, p("weight"), p("bias")], {"training": training},
+        stats = None if training else (f"{path}.running_mean", f"{path}.running_var", mod.eps)
+        return b.add(name, "batch_norm", [x, p("weight"), p("bias")],
+                     {"training": training, "stats": stats},
                      shape, path, type(mod).__name__)
     if isinstance(mod, nn.LayerNorm):
         return b.add(name, "layer_norm", [x, p("weight"), p("bias")],
@@ -392,7 +491,9 @@ def _module_node(b: _Builder, mod: nn.Module, path: str, args: list, kwargs: dic
         return b.add(name, "max_pool", [x], {}, shape, path, type(mod).__name__)
     if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
         return b.add(name, "avg_pool", [x], {}, shape, path, type(mod).__name__)
-    raise UnsupportedOpError(type(mod).__name__, path)
+    params = [b.param(f"{path}.{n}") for n, _ in mod.named_parameters()]
+    return b.add(name, type(mod).__name__, list(args) + list(kwargs.values()) + params, {},
+                 shape, path, type(mod).__name__)  # no rule: a barrier
 
 
 def _mha_node(b, mod, path, q, k, v, extra, shape, name) -> str:
@@ -470,13 +571,13 @@ def _trace_fx(model: nn.Module, inputs: tuple) -> TracedGraph:
             if n.target in params:
                 env[n.name] = b.param(n.target)
             elif isinstance(val, torch.Tensor):
-                env[n.name] = Ref(b.add(n.name, "constant", (), {}, tuple(val.shape)))
+                env[n.name] = Ref(b.add(n.name, "constant", (), {}, tuple(val.shape),
+                                        meta={"buffer": n.target}))
             else:
                 env[n.name] = val
             continue
         if n.op == "output":
-            outs = n.args[0]
-            outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+            outs = torch.utils._pytree.tree_leaves(n.args[0])
             for o in outs:
                 r = _convert_arg(o, env)
                 if isinstance(r, Ref):
@@ -573,7 +674,8 @@ def _trace_export(model: nn.Module, inputs: tuple) -> TracedGraph:
             if kind == "PARAMETER":
                 env[n.name] = b.param(spec.target)
             elif kind in ("BUFFER", "CONSTANT_TENSOR"):
-                env[n.name] = Ref(b.add(n.name, "constant", (), {}, shape))
+                env[n.name] = Ref(b.add(n.name, "constant", (), {}, shape,
+                                        meta={"buffer": spec.target}))
             else:
                 v = next(it)
                 if isinstance(v, torch.Tensor):
@@ -583,8 +685,10 @@ def _trace_export(model: nn.Module, inputs: tuple) -> TracedGraph:
                     env[n.name] = v
             continue
         if n.op == "output":
-            for o in n.args[0]:
-                if isinstance(o, torch.fx.Node) and isinstance(env.get(o.name), Ref):
+            kinds = [s.kind.name for s in ep.graph_signature.output_specs]
+            for o, kind in zip(n.args[0], kinds):
+                if kind == "USER_OUTPUT" and isinstance(o, torch.fx.Node) and \
+                        isinstance(env.get(o.name), Ref):
                     outputs.append(env[o.name].name)
             continue
         if n.name in gid_of:
@@ -611,18 +715,25 @@ def _trace_export(model: nn.Module, inputs: tuple) -> TracedGraph:
         fn = _fn_name(n.target)
         args = list(_convert_arg(n.args, env))
         kwargs = {k: _convert_arg(v, env) for k, v in n.kwargs.items()}
+        meta = {}
         if shape is None:
             if fn.endswith("add_") and isinstance(args[0], Ref):
                 continue  # num_batches_tracked += 1
             if isinstance(val, (tuple, list)) and val and isinstance(val[0], torch.Tensor):
                 shape = tuple(val[0].shape)
+                meta["shapes"] = [tuple(v.shape) for v in val if isinstance(v, torch.Tensor)]
             else:
                 env[n.name] = None
                 continue
         stack = n.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else None
-        op, cargs, ckw = _normalize(fn, args, kwargs, module)
-        env[n.name] = Ref(b.add(n.name, op, cargs, ckw, shape, module, fn))
+        src = n.args[0] if n.args else None
+        if fn == "getitem" and isinstance(src, torch.fx.Node) and isinstance(
+                src.meta.get("val"), (tuple, list)):
+            op, cargs, ckw = "item", [args[0]], {"index": args[1]}
+        else:
+            op, cargs, ckw = _normalize(fn, args, kwargs, module)
+        env[n.name] = Ref(b.add(n.name, op, cargs, ckw, shape, module, fn, meta))
     return b.finish(outputs)
 
 
@@ -699,6 +810,9 @@ def _trace_forward(model: nn.Module, inputs: tuple) -> TracedGraph:
     names: dict[int, Ref] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
         names[id(p)] = b.param(pname)
+    for bname, buf in model.named_buffers():
+        names[id(buf)] = Ref(b.add(b.fresh("buffer_" + bname), "constant", (), {},
+                                   tuple(buf.shape), meta={"buffer": bname}))
     for i, x in enumerate(inputs):
         if isinstance(x, torch.Tensor):
             names[id(x)] = Ref(b.add(f"input_{i}", "input", (), {}, tuple(x.shape),
@@ -706,29 +820,72 @@ def _trace_forward(model: nn.Module, inputs: tuple) -> TracedGraph:
     rec = _Recorder(b, names)
     with rec, torch.no_grad():
         out = model(*inputs)
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    outputs = [names[id(o)].name for o in outs if isinstance(o, torch.Tensor)]
+    outs = output_leaves(out)
+    outputs = [names[id(o)].name for o in outs if id(o) in names]
     b.notes.append("forward-pass recording: one execution path (data-dependent control flow "
                    "is not seen)")
     return b.finish(outputs)
 
 
+def output_leaves(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model output, flattened as a pytree: tensors, tuples, lists, dicts,
+    dataclasses and Hugging Face ``ModelOutput`` objects (``None`` fields skipped)."""
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        if hasattr(out, "to_tuple"):
+            return output_leaves(out.to_tuple())
+        return output_leaves([getattr(out, f.name) for f in dataclasses.fields(out)])
+    if isinstance(out, dict):
+        return output_leaves(list(out.values()))
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in output_leaves(o)]
+    return [out] if isinstance(out, torch.Tensor) else []
+
+
 _FRONT_ENDS = {"export": _trace_export, "fx": _trace_fx, "forward": _trace_forward}
-#: order of the front ends tried by ``method="auto"``. fx comes first because it is 3-10x
-#: faster than torch.export on CPU (ResNet-18: 5 s vs 35 s cold in benchmarks/) and keeps the
-#: module structure (cross-attention MHA); export and the forward recording are fallbacks.
-AUTO_ORDER = ("fx", "export", "forward")
+#: order of the front ends tried by ``method="auto"``: ``torch.export`` (non-strict, the
+#: ATen graph; about 0.6 s for ResNet-18 once torch's export machinery is loaded, and cached
+#: per model and input signature), then fx, then the forward recording.
+AUTO_ORDER = ("export", "fx", "forward")
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
-def trace(model: nn.Module, example_inputs: tuple, method: str = "auto") -> TracedGraph:
+def _signature(model: nn.Module, inputs: tuple, method: str) -> tuple:
+    """What a traced graph depends on: the method, input shapes/dtypes, train flags and the
+    parameter and buffer layout."""
+    def sig(x):
+        return (tuple(x.shape), str(x.dtype), str(x.device)) if isinstance(x, torch.Tensor) \
+            else repr(x)
+    return (method, tuple(sig(x) for x in inputs),
+            tuple(m.training for m in model.modules()),
+            tuple((n, tuple(p.shape)) for n, p in model.named_parameters(remove_duplicate=False)),
+            tuple((n, tuple(p.shape)) for n, p in model.named_buffers()))
+
+
+def clear_cache() -> None:
+    """Forget every cached traced graph."""
+    _CACHE.clear()
+
+
+def trace(model: nn.Module, example_inputs: tuple, method: str = "auto",
+          cache: bool = True) -> TracedGraph:
     """Trace ``model`` on ``example_inputs``.
 
-    ``method``: ``"auto"`` (:data:`AUTO_ORDER`: fx, then export, then the forward
-    recording), or one of
-    ``"export"``, ``"fx"``, ``"forward"``. The model is run but not modified.
+    ``method``: ``"auto"`` (:data:`AUTO_ORDER`: export, then fx, then the forward recording)
+    or one of ``"export"``, ``"fx"``, ``"forward"``. The model is run but not modified. The
+    graph is cached per model and :func:`_signature` (``cache=False`` retraces).
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    key = _signature(model, example_inputs, method)
+    if cache and key in _CACHE.get(model, {}):
+        return _CACHE[model][key]
+    g = _trace_uncached(model, example_inputs, method)
+    if cache:
+        _CACHE.setdefault(model, {})[key] = g
+    return g
+
+
+def _trace_uncached(model: nn.Module, example_inputs: tuple, method: str) -> TracedGraph:
     order = list(AUTO_ORDER) if method == "auto" else [method]
     if any(m not in _FRONT_ENDS for m in order):
         raise ValueError(f"unknown tracing method {method!r}; use auto, export, fx or forward")

@@ -1,0 +1,237 @@
+"""One rule per op: the rules added for real architectures, each checked against the
+Jacobian nullity (float64 tiny models) and by applying random group elements."""
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from thermanopt.analysis import find_symmetries, trace  # noqa: E402
+from thermanopt.analysis.rules import RULES, covered_ops  # noqa: E402
+from thermanopt.analysis.tracing import clear_cache  # noqa: E402
+
+
+def exact(build, x, **kw):
+    """Report of a float64 model built under a fixed seed (no accidentally dead units);
+    asserts every claim verified and no op unhandled."""
+    torch.manual_seed(0)
+    r = find_symmetries(build().double(), x, output="raw", **kw)
+    assert not r.unhandled_ops, r.unhandled_ops
+    assert all(s.verified is not False for s in r.symmetries), r.table()
+    return r
+
+
+def test_registry_has_one_rule_per_op():
+    assert len(set(covered_ops())) == len(RULES)
+    for op in ("linear", "conv", "addmm", "batch_norm", "group_norm", "sdpa", "rnn", "split",
+               "unbind", "index", "pad", "hardswish", "silu", "gelu", "item", "constant"):
+        assert op in RULES, op
+
+
+class DepthwiseBlock(nn.Module):
+    """1x1 conv -> ReLU -> depthwise 3x3 -> ReLU -> 1x1 conv (MobileNet block)."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.a = nn.Conv2d(2, c, 1)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.b = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.dw(F.relu(self.a(x)))))
+
+
+def test_depthwise_convolution_is_a_diagonal_map():
+    r = exact(DepthwiseBlock, torch.randn(2, 2, 5, 5, dtype=torch.float64))
+    assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 8
+    assert any(s.kind == "permutation" and {p["name"] for p in s.parameters} >=
+               {"a.weight", "dw.weight", "b.weight"} for s in r.symmetries)
+
+
+class ScaledMLP(nn.Module):
+    """``l2(relu(l1(x) * g))``: a product with a parameter between two spaces."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.g = nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x) * self.g))
+
+
+def test_product_with_a_parameter_carries_both_spaces():
+    """``x -> D_x x`` is compensated by ``g -> g / D_x`` (both rescales verify)."""
+    r = exact(ScaledMLP, torch.randn(6, 3, dtype=torch.float64))
+    assert r.complete is True and r.continuous_dim == 8
+    assert [s.verified for s in r.by_kind("rescale")] == [True, True]
+
+
+class ConvBN(nn.Module):
+    def __init__(self, c=4):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, c, 3, bias=False), nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.bn1(self.conv1(x))))
+
+
+def _eval_bn() -> nn.Module:
+    m = ConvBN()
+    with torch.no_grad():
+        m.bn1.running_mean.normal_(0.0, 0.1)
+        m.bn1.running_var.uniform_(0.5, 2.0)
+        m.bn1.weight.normal_(1.0, 0.3)
+        m.bn1.bias.normal_(0.0, 0.1)
+    return m.eval()
+
+
+def test_eval_batchnorm_keeps_channel_permutations_and_rescale():
+    """The per-channel affine ``A x + B`` (running statistics fixed) keeps the rescale of the
+    conv channel against gamma and the channel permutations."""
+    r = exact(_eval_bn, torch.randn(4, 2, 5, 5, dtype=torch.float64), jacobian=True)
+    perms = r.by_kind("permutation")
+    assert perms and {"conv1.weight", "bn1.weight", "conv2.weight"} <= {
+        p["name"] for p in perms[0].parameters}
+    assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 8
+
+
+def test_group_norm_permutes_groups_and_channels_within_groups():
+    """Permutations of the 2 groups, of the channels inside each group, one scale per group;
+    the per-group shift of the writer's bias (removed by the group mean) is a named gap."""
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    r = exact(lambda: nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4), nn.ReLU(),
+                                    nn.Conv2d(4, 2, 1)), x)
+    assert sorted(s.group for s in r.by_kind("permutation")) == ["(S_2)^2", "S_2"]
+    assert [s.copies for s in r.by_kind("scale")] == [2]
+    assert r.complete is False and r.jacobian_nullity == r.continuous_dim + 2
+    assert r.gaps and "0.bias" in r.gaps[0], r.gaps
+
+
+def test_under_reporting_names_the_parameters_of_the_gap():
+    """Linear -> eval BatchNorm -> Linear: any invertible map passes through the affine
+    BatchNorm (a point-dependent GL that is not reported); the gap names where it lives."""
+    def build():
+        m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+        with torch.no_grad():
+            m[1].running_mean.normal_(0.0, 0.1)
+            m[1].running_var.uniform_(0.5, 2.0)
+        return m.eval()
+
+    r = exact(build, torch.randn(5, 3, dtype=torch.float64))
+    assert r.complete is False and r.jacobian_nullity > r.continuous_dim
+    assert r.gaps and "0.weight" in r.gaps[0] and "2.weight" in r.gaps[0], r.gaps
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_recurrent_hidden_permutations_and_bias_trades(cell):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = cell(3, 4, 2, batch_first=True), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    r = exact(Net, torch.randn(2, 5, 3, dtype=torch.float64))
+    assert r.complete is True
+    assert len(r.by_kind("permutation")) == 2 and len(r.by_kind("trade")) == 2
+    assert r.continuous_dim == (32 if cell is nn.LSTM else 16)
+
+
+class GQA(nn.Module):
+    """Grouped-query attention: 4 query heads share 2 key/value heads."""
+
+    def __init__(self, d=8, hq=4, hkv=2):
+        super().__init__()
+        self.hq, self.hkv, self.dh = hq, hkv, d // hq
+        self.q = nn.Linear(d, hq * self.dh, bias=False)
+        self.k = nn.Linear(d, hkv * self.dh, bias=False)
+        self.v = nn.Linear(d, hkv * self.dh, bias=False)
+        self.o = nn.Linear(hq * self.dh, 3, bias=False)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.hq, self.dh).transpose(1, 2)
+        k = self.k(x).view(B, T, self.hkv, self.dh).transpose(1, 2)
+        v = self.v(x).view(B, T, self.hkv, self.dh).transpose(1, 2)
+        g = self.hq // self.hkv
+        k = k[:, :, None].expand(B, self.hkv, g, T, self.dh).reshape(B, self.hq, T, self.dh)
+        v = v[:, :, None].expand(B, self.hkv, g, T, self.dh).reshape(B, self.hq, T, self.dh)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def test_grouped_query_attention_is_analysed():
+    r = exact(GQA, torch.randn(2, 5, 8, dtype=torch.float64), jacobian=True)
+    assert r.continuous_dim > 0 and r.jacobian_nullity >= r.continuous_dim
+
+
+@dataclasses.dataclass
+class Out:
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+class PytreeOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return {"out": Out(self.b(h)), "aux": (h.sum(-1),)}
+
+
+def test_pytree_outputs_are_verified():
+    torch.utils._pytree.register_dataclass(Out)
+    r = find_symmetries(PytreeOut().double(), torch.randn(4, 3, dtype=torch.float64),
+                        output="raw")
+    assert r.complete is not False and all(s.verified for s in r.symmetries), r.table()
+
+
+def test_meta_device_model_is_analysed_without_weights():
+    with torch.device("meta"):
+        m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 8))
+    r = find_symmetries(m, torch.zeros(2, 64, device="meta"))
+    assert r.continuous_dim == 128 and r.verification.startswith("skipped")
+    assert any("meta" in n for n in r.notes)
+
+
+def test_traced_graph_is_cached_per_signature():
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    clear_cache()
+    g1 = trace(m, (torch.randn(2, 3),))
+    assert trace(m, (torch.randn(2, 3),)) is g1
+    assert trace(m, (torch.randn(5, 3),)) is not g1
+    m.eval()
+    assert trace(m, (torch.randn(2, 3),)) is not g1
+
+
+class TrainModeAttention(nn.Module):
+    """Attention whose dropout reads the module's own flag (as Hugging Face models do);
+    Hugging Face models built from a config start in train mode."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.o = nn.Linear(d, 3)
+
+    def forward(self, x):
+        y = F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x),
+                                           dropout_p=0.3 if self.training else 0.0)
+        return self.o(y)
+
+
+def test_train_mode_attention_dropout_does_not_fail_verification():
+    torch.manual_seed(0)
+    r = find_symmetries(TrainModeAttention().double().train(),
+                        torch.randn(2, 5, 8, dtype=torch.float64), output="raw")
+    assert r.symmetries and all(s.verified for s in r.symmetries), r.table()
