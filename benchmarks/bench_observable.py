@@ -28,8 +28,8 @@ import torch
 from _report import add_common_arguments, emit  # noqa: E402
 
 from thermanopt._backend import ArraySpec, matrix_transpose, namespace
-from thermanopt.manifolds._metric import apply_A
 from thermanopt.manifolds import svd
+from thermanopt.manifolds._metric import apply_A
 
 
 def literal_A(X, G, depth):
