@@ -5,7 +5,8 @@ width d and depth N (default 256 and 4). Euclidean baselines train the N
 unconstrained factors W with torch.optim; the Riemannian optimizers train the
 end-to-end matrix X on the observable quotient (GL(d), g_N) (the metric makes
 their gradient flow the image of the factor gradient flow) through the quotient's
-second-order retraction and the step rule, and, for reference, RiemannianSGD on the balanced manifold itself. One step is
+second-order retraction and the step rule, and, for reference, RiemannianSGD on the
+balanced manifold itself. One step is
 sample a batch + loss + gradient + update. Prints a table of ms/step and the
 ratio to the matching torch optimizer (target: <= 1.5 on CPU at d = 256, N = 4).
 
