@@ -50,8 +50,9 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import matrix_transpose, namespace
-from ._svd import SVD, log_K, svd
+from ._svd import SVD, log_K
 from .dln import check_depth as _check_depth
+from .dln import svd_of
 
 Array = Any
 
@@ -73,11 +74,7 @@ def as_svd(X_or_svd: Any) -> SVD:
     """The SVD of X (or of the SVD / :class:`Spectral` passed in place of X)."""
     if isinstance(X_or_svd, Spectral):
         return X_or_svd.f
-    if isinstance(X_or_svd, SVD):
-        return X_or_svd
-    if isinstance(X_or_svd, tuple) and len(X_or_svd) == 3:
-        return SVD(*X_or_svd)
-    return svd(X_or_svd)
+    return svd_of(X_or_svd)
 
 
 def _to_hat(f: SVD, P: Array) -> Array:

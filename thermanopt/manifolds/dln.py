@@ -152,7 +152,8 @@ def polar(A: Array) -> Array:
     return f.U @ matrix_transpose(f.V)
 
 
-def _as_svd(X_or_svd: Any) -> SVD:
+def svd_of(X_or_svd: Any) -> SVD:
+    """The SVD of X, or X itself when it already is an :class:`SVD` (or a (U, s, V) tuple)."""
     if isinstance(X_or_svd, SVD):
         return X_or_svd
     if isinstance(X_or_svd, tuple) and len(X_or_svd) == 3:
@@ -169,7 +170,7 @@ def balanced_from(
     ``frames`` holds Q_1..Q_{N-1} (shape (..., N-1, d, d), orthogonal; default the
     identity, then ``depth`` is required). end_to_end(W) = X and W is balanced.
     """
-    f = _as_svd(X_or_svd)
+    f = svd_of(X_or_svd)
     xp = namespace(f.U)
     if frames is None:
         if depth is None:
