@@ -151,9 +151,8 @@ class _StochasticRiemannianOptimizer(Optimizer):
         sp = as_stochastic(problem)
         manifold = sp.manifold
         x = manifold.random_point() if initial_point is None else initial_point
-        check_initial_point(manifold, x, getattr(sp, "problem", None), validate=False)
+        check_initial_point(manifold, x, getattr(sp, "problem", None), validate=validate)
         _check_point_like(x, manifold)
-        check_initial_point(manifold, x, validate=validate)
         with unchecked(manifold):
             return self._run(sp, manifold, x, callback)
 
