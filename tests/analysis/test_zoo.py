@@ -67,8 +67,10 @@ def test_full_size_model_is_analysed(case):
     """No error; ``unhandled_ops`` is listed (and empty); incomplete whenever it is not."""
     _need(case)
     model = case.build()
+    # the Jacobian check of full-size models (sampled, minutes at ~1e6 parameters) is
+    # the tiny twins' job below; here: no error, every op has a rule, groups verify
     report = find_symmetries(model, case.example_inputs(), verify=case.verify,
-                             output=_output(case))
+                             output=_output(case), jacobian=False)
     print(f"{case.name}: {_kinds(report)} continuous_dim={report.continuous_dim} "
           f"complete={report.complete} unhandled={report.unhandled_ops}")
     assert isinstance(report.unhandled_ops, list)
