@@ -144,7 +144,9 @@ class BalancedFrames:
 
     def point(self) -> Array:
         """The balanced stack Q_p L Q_{p-1}^T."""
-        return self.from_frame(self.lam[..., None, None, :] * _eye(self.Q, self.N))
+        xp = namespace(self.Q)
+        eye = xp.eye(self.Q.shape[-1], dtype=self.Q.dtype, device=device_of(self.Q))
+        return self.from_frame(self.lam[..., None, None, :] * eye)
 
     # the three orthogonal pieces ----------------------------------------
     def dphi(self, Ep: Array) -> Array:
@@ -208,12 +210,6 @@ class BalancedFrames:
         z = xp.zeros_like(S[..., :1, :, :])
         Sp = xp.concat([z, S, z], axis=-3)
         return -(Up @ Sp[..., :-1, :, :] - Sp[..., 1:, :, :] @ Up)
-
-
-def _eye(like: Array, n_stack: int) -> Array:
-    xp = namespace(like)
-    d = like.shape[-1]
-    return xp.eye(d, dtype=like.dtype, device=device_of(like))
 
 
 def layer_signs(W: Array) -> Array:
