@@ -24,6 +24,12 @@ Array = Any
 __all__ = ["Sphere"]
 
 
+def _dot(u: Array, v: Array) -> Array:
+    """sum_i u_i v_i over the last axis, by array methods that NumPy and torch share (the
+    hot path of the solvers' inner loops: no array-API wrapper call per product)."""
+    return (u * v).sum(-1)
+
+
 class Sphere(ThermanoptManifold, RiemannianSubmanifold):
     """Unit sphere {x in R^n : |x| = 1} on NumPy arrays or torch tensors.
 
@@ -70,15 +76,15 @@ class Sphere(ThermanoptManifold, RiemannianSubmanifold):
 
     def inner_product_array(self, point: Array, u: Array, v: Array) -> Array:
         """<u, v> = sum_i u_i v_i (0-d array per batch entry)."""
-        return namespace(u, v).sum(u * v, axis=-1)
+        namespace(u, v)
+        return _dot(u, v)
 
     def inner_product(self, point: Array, u: Array, v: Array) -> float:
         return to_float(self.inner_product_array(point, u, v))
 
     def reproject(self, point: Array) -> Array:
         """x / |x|, the nearest point of the sphere."""
-        xp = namespace(point)
-        return point / xp.linalg.vector_norm(point, axis=-1, keepdims=True)
+        return point / _dot(point, point)[..., None] ** 0.5
 
     def norm(self, point: Array, u: Array) -> float:
         return math.sqrt(max(self.inner_product(point, u, u), 0.0))
@@ -89,8 +95,8 @@ class Sphere(ThermanoptManifold, RiemannianSubmanifold):
         return math.acos(min(1.0, max(-1.0, c)))
 
     def projection(self, point: Array, vector: Array) -> Array:
-        xp = namespace(point, vector)
-        return vector - xp.sum(point * vector, axis=-1, keepdims=True) * point
+        namespace(point, vector)
+        return vector - _dot(point, vector)[..., None] * point
 
     to_tangent_space = projection
 
@@ -104,10 +110,10 @@ class Sphere(ThermanoptManifold, RiemannianSubmanifold):
         euclidean_hessian: Array,
         tangent_vector: Array,
     ) -> Array:
-        xp = namespace(point, euclidean_gradient)
+        namespace(point, euclidean_gradient, tangent_vector)
         return (
             self.projection(point, euclidean_hessian)
-            - xp.sum(point * euclidean_gradient) * tangent_vector
+            - _dot(point, euclidean_gradient)[..., None] * tangent_vector
         )
 
     def retraction(self, point: Array, tangent_vector: Array) -> Array:
