@@ -9,8 +9,8 @@ arXiv 2509.09088; Bah, Rauhut, Terstiege & Westdickenberg, arXiv 1910.05505)
 
 and g_N(X)(Z1, Z2) = <Z1, A_{N,X}^{-1} Z2>. Everything in this module works
 in the SVD basis: "hatted" matrices are P^ = U^T P V. K comes from the shared,
-stable :func:`thermanopt.manifolds._svd.log_K` (no 0/0 when singular values
-coincide).
+stable :func:`thermanopt.manifolds._svd.multiplier_K` (no 0/0 when singular
+values coincide).
 
 Derivative of A (Daleckii-Krein)
 --------------------------------
@@ -50,7 +50,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import matrix_transpose, namespace
-from ._svd import SVD, log_K
+from ._svd import SVD, multiplier_K
 from .dln import check_depth as _check_depth
 from .dln import svd_of
 
@@ -131,7 +131,7 @@ def metric_inner(X_or_svd: Any, Z1: Array, Z2: Array, depth: int) -> Array:
 class Spectral:
     """Spectral data of X for depth N, shared by the metric and its derivatives.
 
-    Holds the SVD ``f``, ``s``, ``K`` (from the shared :func:`log_K`) and, built
+    Holds the SVD ``f``, ``s``, ``K`` (the shared :func:`multiplier_K`) and, built
     on first use, the powers a^k = s^(2k/N) (k = 0..N-1) and the divided
     differences F_m = K^(m) / K (m = 1..N-1). These come from the recurrence
     K^(1) = 1, K^(m+1)_ij = a_i K^(m)_ij + a_j^m (sums of positive terms, exact
@@ -145,7 +145,7 @@ class Spectral:
         self.f = f
         self.N = _check_depth(depth)
         self.s = f.s
-        self.K = namespace(f.s).exp(log_K(f.s, self.N))
+        self.K = multiplier_K(f.s, self.N)
         self._apow: list[Array] | None = None
         self._F: dict[int, Array] | None = None
 

@@ -43,7 +43,7 @@ from .._backend import (
 )
 from . import _metric
 from ._frames import BalancedFrames
-from ._svd import svd
+from ._svd import SVD, svd
 from .balanced import BalancedManifold
 from .base import DLNManifold
 from .dln import balanced_from, end_to_end, end_to_end_adjoint
@@ -135,13 +135,23 @@ class ObservableQuotient(DLNManifold):
         if cache is not None and cache[0] is point and same_content(point, cache[1]):
             return cache[2]
         self._check_shape(point, "point", batched=True)
-        if self.checks_values:
-            check_finite(point, "point")
-        f = svd(point)
-        self._check_rank(f.s, "point")
-        sp = _metric.Spectral(f, self.depth)
+        sp = _metric.Spectral(self._checked_svd(point), self.depth)
         self._cache = (point, content_key(point), sp)
         return sp
+
+    def _checked_svd(self, point: Array) -> SVD:
+        """svd(point); with value checks, ``ValueError`` for a non-finite point or one that is
+        not full rank (s_min > 100 d eps s_max). Finiteness is read only when the SVD fails
+        or the rank test does (both do on NaN/inf), so a good point costs one host read."""
+        if not self.checks_values:
+            return svd(point)
+        try:
+            f = svd(point)
+            self._check_rank(f.s, "point")
+        except (ValueError, RuntimeError):  # LAPACK's LinAlgError (NumPy and torch) included
+            check_finite(point, "point")
+            raise
+        return f
 
     def _checked(
         self, point: Array, *vectors: tuple[str, Array], broadcast: bool = False
