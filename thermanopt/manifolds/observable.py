@@ -35,6 +35,8 @@ from .._backend import (
     check_real_float,
     content_key,
     copy,
+    device_of,
+    eps,
     expm,
     matrix_transpose,
     namespace,
@@ -42,7 +44,6 @@ from .._backend import (
     to_float,
 )
 from . import _metric
-from ._frames import BalancedFrames
 from ._svd import SVD, svd
 from .balanced import BalancedManifold
 from .base import DLNManifold
@@ -128,30 +129,61 @@ class ObservableQuotient(DLNManifold):
         """SVD, K and divided differences of ``point``, cached for the last point.
 
         Pymanopt evaluates many inner products and Hessian-vector products at the same
-        point; the cache is keyed on the object and its contents (torch: version counter,
-        NumPy: a stored copy), so in-place changes are seen.
+        point, and an optimizer step converts the gradient and retracts at the point whose
+        SVD :meth:`regular` computed when it accepted it; the cache is keyed on the object
+        and its contents (torch: version counter, NumPy: a stored copy), so in-place changes
+        are seen. With value checks, a point is checked once (:meth:`_check_spectrum`),
+        also when its data was cached without checks.
         """
         cache = self._cache
-        if cache is not None and cache[0] is point and same_content(point, cache[1]):
-            return cache[2]
-        self._check_shape(point, "point", batched=True)
-        sp = _metric.Spectral(self._checked_svd(point), self.depth)
-        self._cache = (point, content_key(point), sp)
-        return sp
+        if cache is None or cache[0] is not point or not same_content(point, cache[1]):
+            self._check_shape(point, "point", batched=True)
+            sp = _metric.Spectral(self._checked_svd(point), self.depth)
+            self._cache = (point, content_key(point), sp, self.checks_values)
+            return sp
+        if self.checks_values and not cache[3]:
+            self._check_spectrum(point, cache[2].s)
+            self._cache = cache[:3] + (True,)
+        return cache[2]
 
     def _checked_svd(self, point: Array) -> SVD:
         """svd(point); with value checks, ``ValueError`` for a non-finite point or one that is
-        not full rank (s_min > 100 d eps s_max). Finiteness is read only when the SVD fails
-        or the rank test does (both do on NaN/inf), so a good point costs one host read."""
+        not full rank (:meth:`_check_spectrum`)."""
         if not self.checks_values:
             return svd(point)
         try:
             f = svd(point)
-            self._check_rank(f.s, "point")
-        except (ValueError, RuntimeError):  # LAPACK's LinAlgError (NumPy and torch) included
+        except (ValueError, RuntimeError):  # LAPACK's LinAlgError (NumPy and torch) on NaN
             check_finite(point, "point")
             raise
+        self._check_spectrum(point, f.s)
         return f
+
+    def _check_spectrum(self, point: Array, s: Array) -> None:
+        """``ValueError`` unless s_min > 100 d eps s_max (false for NaN s: then the message
+        names the non-finite point). One host read; finiteness is read only on failure."""
+        try:
+            self._check_rank(s, "point")
+        except ValueError:
+            check_finite(point, "point")
+            raise
+
+    def regular(self, points: Array) -> Array:
+        """Boolean mask over leading axes: finite points with s_min > 100 d eps s_max.
+
+        From the full SVD, which becomes the cached spectral data of ``points`` (NaN
+        singular values for the non-finite entries), so the next gradient at an accepted
+        step's point costs no second SVD.
+        """
+        self._check_shape(points, "points", batched=True)
+        xp = namespace(points)
+        finite = xp.all(xp.isfinite(points), axis=(-2, -1))
+        eye = xp.eye(self.width, dtype=points.dtype, device=device_of(points))
+        f = svd(xp.where(finite[..., None, None], points, eye))
+        s = xp.where(finite[..., None], f.s, xp.full_like(f.s, math.nan))
+        sp = _metric.Spectral(SVD(f.U, s, f.V), self.depth)
+        self._cache = (points, content_key(points), sp, False)
+        return finite & (s[..., -1] > 100 * self.width * eps(points) * s[..., 0])
 
     def _checked(
         self, point: Array, *vectors: tuple[str, Array], broadcast: bool = False
@@ -276,26 +308,33 @@ class ObservableQuotient(DLNManifold):
         self._checked(point, ("tangent_vector", tangent_vector))
 
     def _retract(self, point: Array, tangent_vector: Array) -> Array:
+        """U P V^T with P = (F S)^(N-1) F, F = S^((2-N)/N) + C, C = (U^T Z V) / K.
+
+        The factors of the balanced product are L + C o M_p = S^((N-p)/N) F S^((p-1)/N)
+        (L = S^(1/N), (M_p)_ij = s_i^((N-p)/N) s_j^((p-1)/N)), so the product telescopes
+        to (F S)^(N-1) F: N - 1 matrix products and no d x d power.
+        """
         sp = self._spectral(point)
-        xp = namespace(point)
+        xp = namespace(point, tangent_vector)
         f = sp.f
-        eye = xp.zeros_like(f.U) + xp.eye(self.width, dtype=point.dtype)
-        inner = [eye] * (self.depth - 1)
-        fr = BalancedFrames.from_frames(xp.stack([f.V, *inner, f.U], axis=-3), f.s)
-        Vp = fr.lift(matrix_transpose(f.U) @ tangent_vector @ f.V)
-        Lam = fr.lam[..., None, :] * eye
-        P = Lam + Vp[..., 0, :, :]
-        for p in range(1, self.depth):
-            P = (Lam + Vp[..., p, :, :]) @ P
+        eye = xp.eye(self.width, dtype=point.dtype, device=device_of(point))
+        F = (
+            _metric.to_hat(f, tangent_vector) / sp.K
+            + (f.s ** ((2.0 - self.depth) / self.depth))[..., None, :] * eye
+        )
+        FS = F * f.s[..., None, :]
+        P = F
+        for _ in range(1, self.depth):
+            P = FS @ P
         finite = xp.all(xp.isfinite(P), axis=(-2, -1))  # overflow: NaN, the caller rescues
-        P = xp.where(finite[..., None, None], P, Lam)
+        P = xp.where(finite[..., None, None], P, f.s[..., None, :] * eye)
         sign, _ = xp.linalg.slogdet(P)
         if to_float(xp.min(sign)) < 0:  # crossed det = 0: reflect the smallest direction
             g = svd(P)
             u, v = g.U[..., :, -1:], g.V[..., :, -1:]
             refl = P - 2.0 * g.s[..., -1:, None] * (u @ matrix_transpose(v))
             P = xp.where((sign < 0)[..., None, None], refl, P)
-        out = f.U @ P @ matrix_transpose(f.V)
+        out = _metric.from_hat(f, P)
         return xp.where(finite[..., None, None], out, xp.full_like(out, math.nan))
 
     def transport(self, point_a: Array, point_b: Array, tangent_vector_a: Array) -> Array:
