@@ -308,32 +308,24 @@ class ObservableQuotient(DLNManifold):
         self._checked(point, ("tangent_vector", tangent_vector))
 
     def _retract(self, point: Array, tangent_vector: Array) -> Array:
-        """U P V^T with P = (F S)^(N-1) F, F = S^((2-N)/N) + C, C = (U^T Z V) / K.
+        """U P V^T with P = F (S F)^(N-1), F = S^((2-N)/N) + C, C = (U^T Z V) / K.
 
         The factors of the balanced product are L + C o M_p = S^((N-p)/N) F S^((p-1)/N)
-        (L = S^(1/N), (M_p)_ij = s_i^((N-p)/N) s_j^((p-1)/N)), so the product telescopes
-        to (F S)^(N-1) F: N - 1 matrix products and no d x d power.
+        (L = S^(1/N), (M_p)_ij = s_i^((N-p)/N) s_j^((p-1)/N)), so the product telescopes.
+        With Q_m = F (S F)^(m-1), Q_(a+b) = Q_a S Q_b: P = Q_N by repeated doubling
+        (log2 N + popcount(N) - 1 matrix products). det P = det(F)^N det(S)^(N-1), so only
+        an odd depth can change the sign of det X (one host read, then).
         """
         sp = self._spectral(point)
         xp = namespace(point, tangent_vector)
-        f = sp.f
+        f, N = sp.f, self.depth
         eye = xp.eye(self.width, dtype=point.dtype, device=device_of(point))
-        F = (
-            _metric.to_hat(f, tangent_vector) / sp.K
-            + (f.s ** ((2.0 - self.depth) / self.depth))[..., None, :] * eye
-        )
-        FS = F * f.s[..., None, :]
-        P = F
-        for _ in range(1, self.depth):
-            P = FS @ P
+        F = _metric.to_hat(f, tangent_vector) / sp.K + (f.s ** ((2.0 - N) / N))[..., None, :] * eye
+        P = _power_chain(F, f.s, N)
         finite = xp.all(xp.isfinite(P), axis=(-2, -1))  # overflow: NaN, the caller rescues
-        P = xp.where(finite[..., None, None], P, f.s[..., None, :] * eye)
-        sign, _ = xp.linalg.slogdet(P)
-        if to_float(xp.min(sign)) < 0:  # crossed det = 0: reflect the smallest direction
-            g = svd(P)
-            u, v = g.U[..., :, -1:], g.V[..., :, -1:]
-            refl = P - 2.0 * g.s[..., -1:, None] * (u @ matrix_transpose(v))
-            P = xp.where((sign < 0)[..., None, None], refl, P)
+        if N % 2:
+            P = xp.where(finite[..., None, None], P, f.s[..., None, :] * eye)
+            P = _keep_det_sign(P, xp.linalg.slogdet(xp.where(finite[..., None, None], F, eye))[0])
         out = _metric.from_hat(f, P)
         return xp.where(finite[..., None, None], out, xp.full_like(out, math.nan))
 
@@ -431,3 +423,25 @@ class ObservableQuotient(DLNManifold):
         X must be finite and invertible)."""
         self._spectral(point)
         return _copy(point)
+
+
+def _power_chain(F: Array, s: Array, n: int) -> Array:
+    """Q_n = F (S F)^(n-1) (S = diag(s)) by Q_(2m) = Q_m S Q_m and Q_(m+1) = Q_m S F."""
+    if n == 1:
+        return F
+    half = _power_chain(F, s, n // 2)
+    Q = (half * s[..., None, :]) @ half
+    return (Q * s[..., None, :]) @ F if n % 2 else Q
+
+
+def _keep_det_sign(P: Array, sign: Array) -> Array:
+    """P with its smallest singular direction reflected where ``sign`` < 0 (sign of det P):
+    a step that crossed det = 0 stays in the component of its base point. Reads one
+    boolean on the host; the SVD of P only when some sign is negative."""
+    xp = namespace(P)
+    if to_float(xp.min(sign)) >= 0:
+        return P
+    g = svd(P)
+    u, v = g.U[..., :, -1:], g.V[..., :, -1:]
+    refl = P - 2.0 * g.s[..., -1:, None] * (u @ matrix_transpose(v))
+    return xp.where((sign < 0)[..., None, None], refl, P)
