@@ -159,7 +159,10 @@ def main(argv=None):
     if old is not None:
         libs["before "] = _Lib(submodule(old, "manifolds"), submodule(old, "optimizers"))
     e2e = current_manifolds.end_to_end
-    X0 = torch.eye(d, device=device, dtype=dtype)
+    # a generic start near I (the SVD of I itself would be unrealistically cheap)
+    gen = torch.Generator(device=device).manual_seed(3)
+    noise = torch.randn(d, d, generator=gen, device=device, dtype=dtype)
+    X0 = torch.eye(d, device=device, dtype=dtype) + (0.1 / d**0.5) * noise
     W0 = current_manifolds.balanced_from(X0, None, N)
 
     def cost_w(W, b):
