@@ -200,6 +200,11 @@ class ObservableQuotient(DLNManifold):
             self._check_values(point, *vectors)
         return sp
 
+    def _constraint_residual(self, point: Array) -> Array:
+        """0: GL(d) has no equations, and :meth:`_checked` has read the point's finiteness and
+        rank off its SVD (:meth:`_spectral`) before the vectors' values are probed."""
+        return namespace(point).zeros((), dtype=point.dtype, device=device_of(point))
+
     def _check_broadcast(self, point: Array, v: Array, name: str) -> None:
         """``v`` (..., d, d) like ``point``, its batch shape broadcasting with the point's."""
         self._check_shape(point, "point", batched=True)
@@ -294,9 +299,11 @@ class ObservableQuotient(DLNManifold):
         lift(Z) projects to the g_N geodesic through X (O'Neill), and the straight line
         W + t lift(Z) differs from that geodesic by a normal vector, which dphi_W kills:
         phi(W + t lift Z) = Exp_X(t Z) + O(t^3). In the SVD basis (frames Q = V, I, .., U)
-        X' = U prod_{p=N..1} (L + C o M_p) V^T with C = (U^T Z V) / K. A step that would
-        change the sign of det X reflects the smallest singular direction instead, so X'
-        never leaves the component of X. A polynomial: defined for every Z.
+        X' = U prod_{p=N..1} (L + C o M_p) V^T = U F (S F)^(N-1) V^T with C = (U^T Z V) / K
+        and F = S^((2-N)/N) + C (:meth:`_retract`). det X' / det X has the sign of
+        det(F)^N: at even depth no step changes the component; at odd depth a step that
+        would reflects the smallest singular direction instead, so X' never leaves the
+        component of X. A polynomial: defined for every Z.
 
         ``ValueError`` for a bad point or vector (with ``validate``) and when the step
         overflows (take a shorter step); NaN there in :meth:`unchecked` mode (the step
