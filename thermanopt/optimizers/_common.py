@@ -78,12 +78,12 @@ def check_initial_point(
     for a non-array).
 
     Always (metadata only): ``x`` is a float32/float64 array; its array type (NumPy or
-    torch), device and dtype are those the manifold allocates (``manifold.spec``) and its
-    array type the one the cost's
-    Pymanopt backend computes with (a torch tensor cannot go to an ``autograd`` / ``numpy``
-    cost). With ``validate``: NaN/inf, and on thermanopt's manifolds ``check_point`` (on the
-    manifold, full rank), each message starting with "initial point". ``batched``: ``x``
-    holds one point per leading index (Langevin chains).
+    torch), device and dtype are those the manifold allocates (``manifold.spec``), and its
+    array type is the one the cost's Pymanopt backend computes with (a torch tensor cannot
+    go to an ``autograd`` / ``numpy`` cost). With ``validate``: NaN/inf, and on
+    thermanopt's manifolds ``check_point`` (on the manifold, full rank), each message
+    starting with "initial point". ``batched``: ``x`` holds one point per leading index
+    (Langevin chains).
     """
     check_real_float(x, "initial point")
     spec = getattr(manifold, "spec", None)
