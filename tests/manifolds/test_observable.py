@@ -344,6 +344,106 @@ def test_retraction_orders_against_geodesic(width, depth):
     assert np.array_equal(M.retraction(X, 0.1 * Z), M.retraction_second_order(X, 0.1 * Z))
 
 
+def _retraction_literal(X, Z, N):
+    """phi(W + lift_W(Z)) as the literal product of N layers: W the balanced stack over X with
+    identity inner frames, lift_W(Z)_p = Q_p ((U^T Z V / K) o M_p) Q_{p-1}^T with K the sum
+    of N products and (M_p)_ij = lam_i^(N-p) lam_j^(p-1) (no sign reflection)."""
+    U, s, Vt = np.linalg.svd(X)
+    lam = s ** (1.0 / N)
+    a = s ** (2.0 / N)
+    K = sum(a[:, None] ** (N - 1 - k) * a[None, :] ** k for k in range(N))
+    C = U.T @ Z @ Vt.T / K
+    Q = [Vt.T] + [np.eye(len(s))] * (N - 1) + [U]
+    out = np.eye(len(s))
+    for p in range(1, N + 1):
+        M = lam[:, None] ** (N - p) * lam[None, :] ** (p - 1)
+        out = Q[p] @ (np.diag(lam) + C * M) @ Q[p - 1].T @ out
+    return out
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_retraction_is_the_literal_balanced_product(depth):
+    rng = np.random.default_rng(depth)
+    M = ObservableQuotient(4, depth)
+    X = random_gl(rng, 4, cond=10.0)
+    Z = rng.standard_normal((4, 4))
+    for t in (1e-3, 0.3):
+        ref = _retraction_literal(X, t * Z, depth)
+        if np.sign(np.linalg.det(ref)) == np.sign(np.linalg.det(X)):
+            assert np.allclose(M.retraction(X, t * Z), ref, rtol=0, atol=1e-12 * abs(ref).max())
+
+
+def test_even_depth_never_changes_the_component():
+    """det P = det(F)^N det(S)^(N-1): at even depth no step flips det X (no reflection)."""
+    rng = np.random.default_rng(5)
+    for depth in (2, 4):
+        M = ObservableQuotient(3, depth)
+        X = random_gl(rng, 3)
+        for _ in range(20):
+            Z = 20.0 * rng.standard_normal((3, 3))
+            ref = _retraction_literal(X, Z, depth)
+            assert np.sign(np.linalg.det(ref)) == np.sign(np.linalg.det(X))
+            with M.unchecked():
+                Y = M.retraction(X, Z)
+            if np.all(np.isfinite(Y)):
+                assert np.allclose(Y, ref, rtol=0, atol=1e-10 * abs(ref).max())
+
+
+def test_regular_caches_the_svd_it_computes():
+    """regular(Y) keeps the SVD of Y for the next method at Y; NaN entries stay NaN; an
+    in-place change of Y is seen; a cached non-finite point still raises when checked."""
+    M = ObservableQuotient(3, 3)
+    rng = np.random.default_rng(0)
+    Y = np.stack([random_gl(rng, 3), random_gl(rng, 3)])
+    G = rng.standard_normal((2, 3, 3))
+    assert M.regular(Y).tolist() == [True, True]
+    fresh = ObservableQuotient(3, 3)
+    for b in range(2):
+        ref = A_brute(Y[b], G[b], 3)
+        assert np.allclose(M.euclidean_to_riemannian_gradient(Y, G)[b], ref, atol=1e-12)
+        assert np.allclose(fresh.euclidean_to_riemannian_gradient(Y[b], G[b]), ref, atol=1e-12)
+    Y *= 2.0  # in place: the cache must not serve the old SVD
+    assert np.allclose(M.euclidean_to_riemannian_gradient(Y, G)[1], A_brute(Y[1], G[1], 3))
+    bad = Y.copy()
+    bad[1, 0, 0] = np.inf
+    assert M.regular(bad).tolist() == [True, False]
+    with M.unchecked():
+        out = M.euclidean_to_riemannian_gradient(bad, G)
+    assert np.all(np.isfinite(out[0])) and np.all(np.isnan(out[1]))
+    assert np.allclose(out[0], A_brute(bad[0], G[0], 3), atol=1e-12)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        M.euclidean_to_riemannian_gradient(bad, G)
+    sing = Y[0].copy()
+    sing[2] = sing[0] + sing[1]
+    assert not M.regular(sing)
+    with pytest.raises(ValueError, match="rank deficient"):
+        M.euclidean_to_riemannian_gradient(sing, G[0])
+
+
+def test_multiplier_K_against_mpmath_over_the_whole_range():
+    """K_ij = sum_k a_i^(N-1-k) a_j^k, a = s^(2/N), to 1e-13 relative: gaps 0 and 1e-12,
+    1e-300 <= s <= 1e150 and the limit s_j = 0 (K = a_i^(N-1))."""
+    from thermanopt.manifolds import multiplier_K
+
+    mpmath.mp.dps = 50
+    spectra = [
+        [1.0, 1.0 - 1e-9, 1.0, 1.0 + 1e-12],
+        [1e6, 1e-6, 1.0, 3.0],
+        [1e-100, 3e-6, 1e-300, 2.0],
+        [1e150, 1e-150, 0.0, 1.0],
+    ]
+    for N in range(1, 10):
+        for s in spectra:
+            with np.errstate(invalid="ignore"):  # K = 0/0 at s_i = s_j = 0 (skipped below)
+                K = multiplier_K(np.array(s), N)
+            for i in range(4):
+                for j in range(4):
+                    ref = _K_mp(s, N, i, j)
+                    if ref == 0 or not 1e-300 < ref < 1e300:
+                        continue  # outside the floating-point range
+                    assert abs((mpmath.mpf(K[i, j]) - ref) / ref) < 1e-13, (N, s[i], s[j])
+
+
 @pytest.mark.parametrize("component", [1, -1])
 def test_retractions_stay_in_the_component(component):
     M = ObservableQuotient(3, 3)

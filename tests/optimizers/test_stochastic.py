@@ -112,6 +112,31 @@ def test_converges_on_observable_quotient_torch(adam):
     assert float(torch.linalg.norm(result.point - Xs)) < 2e-2
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RiemannianSGD(0.05, generator=0, max_iterations=7),
+        lambda: RiemannianSGD(0.05, momentum=0.9, generator=0, max_iterations=7),
+        lambda: RiemannianAdam(0.03, generator=0, max_iterations=7),
+        lambda: RiemannianAdam(0.03, adaptivity="elementwise", generator=0, max_iterations=7),
+    ],
+)
+def test_one_svd_per_quotient_step(make, monkeypatch):
+    """The step rule's regularity test computes the new point's SVD; the gradient conversion,
+    the metric (Adam "norm"), the transport and the retraction at that point reuse it."""
+    import thermanopt.manifolds.observable as observable
+
+    calls = []
+    svd = observable.svd
+    monkeypatch.setattr(observable, "svd", lambda X: calls.append(1) or svd(X))
+    d, N = 4, 4
+    manifold = ObservableQuotient(d, N, backend="torch")
+    cost, Xs, n = _regression(d, N, "torch")
+    problem = StochasticProblem(manifold, cost, n, batch_size=16)
+    make().run(problem, initial_point=0.7 * torch.eye(d, dtype=torch.float64))
+    assert len(calls) == 7 + 1  # the start's SVD, then one per step
+
+
 def test_converges_on_balanced_manifold():
     d, N = 3, 3
     manifold = BalancedManifold(d, N, backend="torch")
@@ -323,8 +348,6 @@ def test_float32_quotient_run_keeps_dtype():
     manifold = ObservableQuotient(d, N, backend="torch", dtype=torch.float32)
     cost, Xs, n = _regression(d, N, "torch", dtype="float32")
     problem = StochasticProblem(manifold, cost, n, batch_size=None)
-    res = RiemannianSGD(0.1, max_iterations=200).run(
-        problem, initial_point=0.8 * torch.eye(d)
-    )
+    res = RiemannianSGD(0.1, max_iterations=200).run(problem, initial_point=0.8 * torch.eye(d))
     assert res.point.dtype == torch.float32
     assert float(torch.linalg.norm(res.point - Xs)) < 1e-4

@@ -9,8 +9,8 @@ arXiv 2509.09088; Bah, Rauhut, Terstiege & Westdickenberg, arXiv 1910.05505)
 
 and g_N(X)(Z1, Z2) = <Z1, A_{N,X}^{-1} Z2>. Everything in this module works
 in the SVD basis: "hatted" matrices are P^ = U^T P V. K comes from the shared,
-stable :func:`thermanopt.manifolds._svd.log_K` (no 0/0 when singular values
-coincide).
+stable :func:`thermanopt.manifolds._svd.multiplier_K` (no 0/0 when singular
+values coincide).
 
 Derivative of A (Daleckii-Krein)
 --------------------------------
@@ -50,7 +50,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import matrix_transpose, namespace
-from ._svd import SVD, log_K
+from ._svd import SVD, multiplier_K
 from .dln import check_depth as _check_depth
 from .dln import svd_of
 
@@ -67,6 +67,8 @@ __all__ = [
     "christoffel",
     "riemannian_hessian",
     "metric_inner",
+    "to_hat",
+    "from_hat",
 ]
 
 
@@ -77,12 +79,12 @@ def as_svd(X_or_svd: Any) -> SVD:
     return svd_of(X_or_svd)
 
 
-def _to_hat(f: SVD, P: Array) -> Array:
+def to_hat(f: SVD, P: Array) -> Array:
     """P^ = U^T P V."""
     return matrix_transpose(f.U) @ P @ f.V
 
 
-def _from_hat(f: SVD, Ph: Array) -> Array:
+def from_hat(f: SVD, Ph: Array) -> Array:
     """P = U P^ V^T."""
     return f.U @ Ph @ matrix_transpose(f.V)
 
@@ -103,7 +105,7 @@ def apply_A(X_or_svd: Any, P: Array, depth: int) -> Array:
     namespace(sp.f.U, P)  # mixed type / device / dtype -> ValueError
     if sp.N == 1:
         return P * 1  # a copy: A = identity at depth 1
-    return _from_hat(sp.f, sp.K * _to_hat(sp.f, P))
+    return from_hat(sp.f, sp.K * to_hat(sp.f, P))
 
 
 def apply_A_inv(X_or_svd: Any, P: Array, depth: int) -> Array:
@@ -112,15 +114,15 @@ def apply_A_inv(X_or_svd: Any, P: Array, depth: int) -> Array:
     namespace(sp.f.U, P)
     if sp.N == 1:
         return P * 1
-    return _from_hat(sp.f, _to_hat(sp.f, P) / sp.K)
+    return from_hat(sp.f, to_hat(sp.f, P) / sp.K)
 
 
 def metric_inner(X_or_svd: Any, Z1: Array, Z2: Array, depth: int) -> Array:
     """g_N(X)(Z1, Z2) = sum_ij (U^T Z1 V)_ij (U^T Z2 V)_ij / K_ij (a 0-d array per batch)."""
     sp = spectral(X_or_svd, depth)
     xp = namespace(sp.f.U, Z1, Z2)
-    Z1h = _to_hat(sp.f, Z1)
-    Z2h = Z1h if Z2 is Z1 else _to_hat(sp.f, Z2)
+    Z1h = to_hat(sp.f, Z1)
+    Z2h = Z1h if Z2 is Z1 else to_hat(sp.f, Z2)
     return xp.sum(Z1h * Z2h / sp.K, axis=(-2, -1))
 
 
@@ -131,7 +133,7 @@ def metric_inner(X_or_svd: Any, Z1: Array, Z2: Array, depth: int) -> Array:
 class Spectral:
     """Spectral data of X for depth N, shared by the metric and its derivatives.
 
-    Holds the SVD ``f``, ``s``, ``K`` (from the shared :func:`log_K`) and, built
+    Holds the SVD ``f``, ``s``, ``K`` (the shared :func:`multiplier_K`) and, built
     on first use, the powers a^k = s^(2k/N) (k = 0..N-1) and the divided
     differences F_m = K^(m) / K (m = 1..N-1). These come from the recurrence
     K^(1) = 1, K^(m+1)_ij = a_i K^(m)_ij + a_j^m (sums of positive terms, exact
@@ -145,7 +147,7 @@ class Spectral:
         self.f = f
         self.N = _check_depth(depth)
         self.s = f.s
-        self.K = namespace(f.s).exp(log_K(f.s, self.N))
+        self.K = multiplier_K(f.s, self.N)
         self._apow: list[Array] | None = None
         self._F: dict[int, Array] | None = None
 
@@ -230,7 +232,7 @@ def apply_DA(X_or_svd: Array | SVD, Z: Array, P: Array, depth: int) -> Array:
     namespace(f.U, Z, P)
     if sp.N == 1:
         return 0.0 * P
-    return _from_hat(f, _DA_hat(sp, _to_hat(f, Z), _to_hat(f, P)))
+    return from_hat(f, _DA_hat(sp, to_hat(f, Z), to_hat(f, P)))
 
 
 def christoffel(X_or_svd: Array | SVD, Z1: Array, Z2: Array, depth: int) -> Array:
@@ -245,9 +247,9 @@ def christoffel(X_or_svd: Array | SVD, Z1: Array, Z2: Array, depth: int) -> Arra
     namespace(f.U, Z1, Z2)
     if sp.N == 1:
         return 0.0 * Z1
-    Z1h = _to_hat(f, Z1)
-    Z2h = Z1h if Z2 is Z1 else _to_hat(f, Z2)
-    return _from_hat(f, _christoffel_hat(sp, Z1h, Z2h, Z1h / sp.K, Z2h / sp.K))
+    Z1h = to_hat(f, Z1)
+    Z2h = Z1h if Z2 is Z1 else to_hat(f, Z2)
+    return from_hat(f, _christoffel_hat(sp, Z1h, Z2h, Z1h / sp.K, Z2h / sp.K))
 
 
 def riemannian_hessian(
@@ -263,9 +265,9 @@ def riemannian_hessian(
     namespace(f.U, egrad, ehess, Z)
     if sp.N == 1:
         return ehess * 1
-    Gh = _to_hat(f, egrad)
-    Hh = _to_hat(f, ehess)
-    Zh = _to_hat(f, Z)
+    Gh = to_hat(f, egrad)
+    Hh = to_hat(f, ehess)
+    Zh = to_hat(f, Z)
     grad_h = sp.K * Gh
     out = sp.K * Hh + _DA_hat(sp, Zh, Gh) + _christoffel_hat(sp, Zh, grad_h, Zh / sp.K, Gh)
-    return _from_hat(f, out)
+    return from_hat(f, out)

@@ -35,6 +35,8 @@ from .._backend import (
     check_real_float,
     content_key,
     copy,
+    device_of,
+    eps,
     expm,
     matrix_transpose,
     namespace,
@@ -42,8 +44,7 @@ from .._backend import (
     to_float,
 )
 from . import _metric
-from ._frames import BalancedFrames
-from ._svd import svd
+from ._svd import SVD, svd
 from .balanced import BalancedManifold
 from .base import DLNManifold
 from .dln import balanced_from, end_to_end, end_to_end_adjoint
@@ -128,20 +129,61 @@ class ObservableQuotient(DLNManifold):
         """SVD, K and divided differences of ``point``, cached for the last point.
 
         Pymanopt evaluates many inner products and Hessian-vector products at the same
-        point; the cache is keyed on the object and its contents (torch: version counter,
-        NumPy: a stored copy), so in-place changes are seen.
+        point, and an optimizer step converts the gradient and retracts at the point whose
+        SVD :meth:`regular` computed when it accepted it; the cache is keyed on the object
+        and its contents (torch: version counter, NumPy: a stored copy), so in-place changes
+        are seen. With value checks, a point is checked once (:meth:`_check_spectrum`),
+        also when its data was cached without checks.
         """
         cache = self._cache
-        if cache is not None and cache[0] is point and same_content(point, cache[1]):
-            return cache[2]
-        self._check_shape(point, "point", batched=True)
-        if self.checks_values:
+        if cache is None or cache[0] is not point or not same_content(point, cache[1]):
+            self._check_shape(point, "point", batched=True)
+            sp = _metric.Spectral(self._checked_svd(point), self.depth)
+            self._cache = (point, content_key(point), sp, self.checks_values)
+            return sp
+        if self.checks_values and not cache[3]:
+            self._check_spectrum(point, cache[2].s)
+            self._cache = cache[:3] + (True,)
+        return cache[2]
+
+    def _checked_svd(self, point: Array) -> SVD:
+        """svd(point); with value checks, ``ValueError`` for a non-finite point or one that is
+        not full rank (:meth:`_check_spectrum`)."""
+        if not self.checks_values:
+            return svd(point)
+        try:
+            f = svd(point)
+        except (ValueError, RuntimeError):  # LAPACK's LinAlgError (NumPy and torch) on NaN
             check_finite(point, "point")
-        f = svd(point)
-        self._check_rank(f.s, "point")
-        sp = _metric.Spectral(f, self.depth)
-        self._cache = (point, content_key(point), sp)
-        return sp
+            raise
+        self._check_spectrum(point, f.s)
+        return f
+
+    def _check_spectrum(self, point: Array, s: Array) -> None:
+        """``ValueError`` unless s_min > 100 d eps s_max (false for NaN s: then the message
+        names the non-finite point). One host read; finiteness is read only on failure."""
+        try:
+            self._check_rank(s, "point")
+        except ValueError:
+            check_finite(point, "point")
+            raise
+
+    def regular(self, points: Array) -> Array:
+        """Boolean mask over leading axes: finite points with s_min > 100 d eps s_max.
+
+        From the full SVD, which becomes the cached spectral data of ``points`` (NaN
+        singular values for the non-finite entries), so the next gradient at an accepted
+        step's point costs no second SVD.
+        """
+        self._check_shape(points, "points", batched=True)
+        xp = namespace(points)
+        finite = xp.all(xp.isfinite(points), axis=(-2, -1))
+        eye = xp.eye(self.width, dtype=points.dtype, device=device_of(points))
+        f = svd(xp.where(finite[..., None, None], points, eye))
+        s = xp.where(finite[..., None], f.s, xp.full_like(f.s, math.nan))
+        sp = _metric.Spectral(SVD(f.U, s, f.V), self.depth)
+        self._cache = (points, content_key(points), sp, False)
+        return finite & (s[..., -1] > 100 * self.width * eps(points) * s[..., 0])
 
     def _checked(
         self, point: Array, *vectors: tuple[str, Array], broadcast: bool = False
@@ -157,6 +199,11 @@ class ObservableQuotient(DLNManifold):
         if vectors:
             self._check_values(point, *vectors)
         return sp
+
+    def _constraint_residual(self, point: Array) -> Array:
+        """0: GL(d) has no equations, and :meth:`_checked` has read the point's finiteness and
+        rank off its SVD (:meth:`_spectral`) before the vectors' values are probed."""
+        return namespace(point).zeros((), dtype=point.dtype, device=device_of(point))
 
     def _check_broadcast(self, point: Array, v: Array, name: str) -> None:
         """``v`` (..., d, d) like ``point``, its batch shape broadcasting with the point's."""
@@ -252,9 +299,11 @@ class ObservableQuotient(DLNManifold):
         lift(Z) projects to the g_N geodesic through X (O'Neill), and the straight line
         W + t lift(Z) differs from that geodesic by a normal vector, which dphi_W kills:
         phi(W + t lift Z) = Exp_X(t Z) + O(t^3). In the SVD basis (frames Q = V, I, .., U)
-        X' = U prod_{p=N..1} (L + C o M_p) V^T with C = (U^T Z V) / K. A step that would
-        change the sign of det X reflects the smallest singular direction instead, so X'
-        never leaves the component of X. A polynomial: defined for every Z.
+        X' = U prod_{p=N..1} (L + C o M_p) V^T = U F (S F)^(N-1) V^T with C = (U^T Z V) / K
+        and F = S^((2-N)/N) + C (:meth:`_retract`). det X' / det X has the sign of
+        det(F)^N: at even depth no step changes the component; at odd depth a step that
+        would reflects the smallest singular direction instead, so X' never leaves the
+        component of X. A polynomial: defined for every Z.
 
         ``ValueError`` for a bad point or vector (with ``validate``) and when the step
         overflows (take a shorter step); NaN there in :meth:`unchecked` mode (the step
@@ -266,26 +315,25 @@ class ObservableQuotient(DLNManifold):
         self._checked(point, ("tangent_vector", tangent_vector))
 
     def _retract(self, point: Array, tangent_vector: Array) -> Array:
+        """U P V^T with P = F (S F)^(N-1), F = S^((2-N)/N) + C, C = (U^T Z V) / K.
+
+        The factors of the balanced product are L + C o M_p = S^((N-p)/N) F S^((p-1)/N)
+        (L = S^(1/N), (M_p)_ij = s_i^((N-p)/N) s_j^((p-1)/N)), so the product telescopes.
+        With Q_m = F (S F)^(m-1), Q_(a+b) = Q_a S Q_b: P = Q_N by repeated doubling
+        (log2 N + popcount(N) - 1 matrix products). det P = det(F)^N det(S)^(N-1), so only
+        an odd depth can change the sign of det X (one host read, then).
+        """
         sp = self._spectral(point)
-        xp = namespace(point)
-        f = sp.f
-        eye = xp.zeros_like(f.U) + xp.eye(self.width, dtype=point.dtype)
-        inner = [eye] * (self.depth - 1)
-        fr = BalancedFrames.from_frames(xp.stack([f.V, *inner, f.U], axis=-3), f.s)
-        Vp = fr.lift(matrix_transpose(f.U) @ tangent_vector @ f.V)
-        Lam = fr.lam[..., None, :] * eye
-        P = Lam + Vp[..., 0, :, :]
-        for p in range(1, self.depth):
-            P = (Lam + Vp[..., p, :, :]) @ P
+        xp = namespace(point, tangent_vector)
+        f, N = sp.f, self.depth
+        eye = xp.eye(self.width, dtype=point.dtype, device=device_of(point))
+        F = _metric.to_hat(f, tangent_vector) / sp.K + (f.s ** ((2.0 - N) / N))[..., None, :] * eye
+        P = _power_chain(F, f.s, N)
         finite = xp.all(xp.isfinite(P), axis=(-2, -1))  # overflow: NaN, the caller rescues
-        P = xp.where(finite[..., None, None], P, Lam)
-        sign, _ = xp.linalg.slogdet(P)
-        if to_float(xp.min(sign)) < 0:  # crossed det = 0: reflect the smallest direction
-            g = svd(P)
-            u, v = g.U[..., :, -1:], g.V[..., :, -1:]
-            refl = P - 2.0 * g.s[..., -1:, None] * (u @ matrix_transpose(v))
-            P = xp.where((sign < 0)[..., None, None], refl, P)
-        out = f.U @ P @ matrix_transpose(f.V)
+        if N % 2:
+            P = xp.where(finite[..., None, None], P, f.s[..., None, :] * eye)
+            P = _keep_det_sign(P, xp.linalg.slogdet(xp.where(finite[..., None, None], F, eye))[0])
+        out = _metric.from_hat(f, P)
         return xp.where(finite[..., None, None], out, xp.full_like(out, math.nan))
 
     def transport(self, point_a: Array, point_b: Array, tangent_vector_a: Array) -> Array:
@@ -382,3 +430,25 @@ class ObservableQuotient(DLNManifold):
         X must be finite and invertible)."""
         self._spectral(point)
         return _copy(point)
+
+
+def _power_chain(F: Array, s: Array, n: int) -> Array:
+    """Q_n = F (S F)^(n-1) (S = diag(s)) by Q_(2m) = Q_m S Q_m and Q_(m+1) = Q_m S F."""
+    if n == 1:
+        return F
+    half = _power_chain(F, s, n // 2)
+    Q = (half * s[..., None, :]) @ half
+    return (Q * s[..., None, :]) @ F if n % 2 else Q
+
+
+def _keep_det_sign(P: Array, sign: Array) -> Array:
+    """P with its smallest singular direction reflected where ``sign`` < 0 (sign of det P):
+    a step that crossed det = 0 stays in the component of its base point. Reads one
+    boolean on the host; the SVD of P only when some sign is negative."""
+    xp = namespace(P)
+    if to_float(xp.min(sign)) >= 0:
+        return P
+    g = svd(P)
+    u, v = g.U[..., :, -1:], g.V[..., :, -1:]
+    refl = P - 2.0 * g.s[..., -1:, None] * (u @ matrix_transpose(v))
+    return xp.where((sign < 0)[..., None, None], refl, P)

@@ -78,11 +78,12 @@ def check_initial_point(
     for a non-array).
 
     Always (metadata only): ``x`` is a float32/float64 array; its array type (NumPy or
-    torch) is the one the manifold allocates (``manifold.spec``) and the one the cost's
-    Pymanopt backend computes with (a torch tensor cannot go to an ``autograd`` / ``numpy``
-    cost). With ``validate``: NaN/inf, and on thermanopt's manifolds ``check_point`` (on the
-    manifold, full rank), each message starting with "initial point". ``batched``: ``x``
-    holds one point per leading index (Langevin chains).
+    torch), device and dtype are those the manifold allocates (``manifold.spec``), and its
+    array type is the one the cost's Pymanopt backend computes with (a torch tensor cannot
+    go to an ``autograd`` / ``numpy`` cost). With ``validate``: NaN/inf, and on
+    thermanopt's manifolds ``check_point`` (on the manifold, full rank), each message
+    starting with "initial point". ``batched``: ``x`` holds one point per leading index
+    (Langevin chains).
     """
     check_real_float(x, "initial point")
     spec = getattr(manifold, "spec", None)
@@ -93,6 +94,8 @@ def check_initial_point(
             f"initial point is {kind} but the manifold was built with backend="
             f"{spec.backend!r}; pass {want}"
         )
+    if spec is not None:
+        spec.check(x, "initial point")  # device and dtype of the manifold's own points
     backend = _cost_backend(problem)
     if backend is not None and is_torch(x) and backend.split()[0] in _NUMPY_COST_BACKENDS:
         raise ValueError(

@@ -53,13 +53,6 @@ Array = Any
 __all__ = ["RiemannianSGD", "RiemannianAdam"]
 
 
-def _check_point_like(point: Array, manifold: Any) -> None:
-    """``ValueError`` unless the point is made like the manifold's own points."""
-    spec = getattr(manifold, "spec", None)
-    if spec is not None:
-        spec.check(point, "initial_point")
-
-
 class _StochasticRiemannianOptimizer(Optimizer):
     """Shared loop of :class:`RiemannianSGD` and :class:`RiemannianAdam`."""
 
@@ -152,7 +145,6 @@ class _StochasticRiemannianOptimizer(Optimizer):
         manifold = sp.manifold
         x = manifold.random_point() if initial_point is None else initial_point
         check_initial_point(manifold, x, getattr(sp, "problem", None), validate=validate)
-        _check_point_like(x, manifold)
         with unchecked(manifold):
             return self._run(sp, manifold, x, callback)
 
