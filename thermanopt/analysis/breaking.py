@@ -93,6 +93,9 @@ def track_breaking(model: nn.Module, report: SymmetryReport, step_fn: Callable[[
       per-tensor sum and sum of squares) before the first and after the last step;
       ``ValueError`` when they differ (a model built differently on some rank, or a
       ``step_fn`` that bypasses the DDP wrapper so that the gradients are not averaged).
+
+    With NCCL, select each rank's GPU (``torch.cuda.set_device``) before the call, as for
+    DDP itself: the collectives run on the parameters' device.
     """
     if n_steps < 1:
         raise ValueError("n_steps must be >= 1")
