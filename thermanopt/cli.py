@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="report folder (created; files in it are overwritten)")
     demo.add_argument("--quick", action="store_true",
                       help="small sizes and short runs (about a minute; for tests)")
+    demo.add_argument("--nproc", type=_positive_int, default=None,
+                      help="processes sharing the Langevin chains: one per GPU with --device "
+                      "cuda (NCCL), gloo processes with --device cpu (default: every visible "
+                      "GPU with --device cuda, else 1)")
     _common(demo, "every stage's data, initial points and noise")
 
     compare = sub.add_parser(
@@ -330,12 +334,17 @@ def _output_dir(out: str) -> str:
 
 def _cmd_demo(args) -> int:
     from .analysis.cli_support import captured_library_output
-    from .demo import run_demo
+    from .demo import resolve_nproc, run_demo
 
     _check_device(args.device)
+    try:
+        nproc = resolve_nproc(args.device, args.nproc)
+    except ValueError as e:
+        raise UsageError(f"--nproc: {e}") from e
     out = _output_dir(args.out)
     with captured_library_output() as captured:
-        results = run_demo(out=out, device=args.device, quick=args.quick, seed=args.seed)
+        results = run_demo(out=out, device=args.device, quick=args.quick, seed=args.seed,
+                           nproc=nproc)
     if args.verbose:
         _print_captured(list(results.get("library_messages", [])) + captured, True)
     return 0

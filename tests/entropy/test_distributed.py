@@ -1,7 +1,7 @@
 """entropic_loss / entropic_force under torch.distributed, against single-process values.
 
 Two processes on the ``gloo`` backend (CPU, 127.0.0.1, a free port), started once per
-module with ``torch.multiprocessing.spawn``. Each rank holds a shard of one global batch
+module with :func:`thermanopt.distributed.launch`. Each rank holds a shard of one global batch
 (shards of unequal size: 5 and 7 samples) and computes, in float64,
 
 - the parts of ``entropic_loss`` (GD, SGD with ghost norms, SGD with per-sample gradients
@@ -18,16 +18,12 @@ compares to 1e-10. A control shows the comparison can fail: the value of a shard
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import timedelta
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from thermanopt.distributed import launch
 from thermanopt.entropy import entropic_force, entropic_loss
 
 DT = torch.float64
@@ -126,49 +122,30 @@ def train_ddp(batch, steps: int = 3, ddp: bool = False) -> dict:
     return {"record": torch.stack(record), "params": dict(model.named_parameters())}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=120),
+def _worker(rank: int) -> dict:
+    X, Y = global_batch()
+    shard = (X[SHARDS[rank]], Y[SHARDS[rank]])
+    results = {}
+    for name, (kind, kw) in CASES.items():
+        res = compute(kind, kw, shard, process_group=dist.group.WORLD)
+        # the gradient of total averaged over ranks, as DDP would store it
+        for v in res["grad"].values():
+            dist.all_reduce(v)
+            v /= WORLD
+        results[name] = res
+    results["auto"] = compute("norm", {"batch_size": 3}, shard, process_group="auto")
+    results["train"] = train_ddp(shard, ddp=True)
+    results["train"]["params"] = unwrap_names(
+        {k: v.detach() for k, v in results["train"]["params"].items()}
     )
-    try:
-        X, Y = global_batch()
-        shard = (X[SHARDS[rank]], Y[SHARDS[rank]])
-        results = {}
-        for name, (kind, kw) in CASES.items():
-            res = compute(kind, kw, shard, process_group=dist.group.WORLD)
-            # the gradient of total averaged over ranks, as DDP would store it
-            for v in res["grad"].values():
-                dist.all_reduce(v)
-                v /= WORLD
-            results[name] = res
-        results["auto"] = compute("norm", {"batch_size": 3}, shard, process_group="auto")
-        results["train"] = train_ddp(shard, ddp=True)
-        results["train"]["params"] = unwrap_names(
-            {k: v.detach() for k, v in results["train"]["params"].items()}
-        )
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return results
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def ranks():
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return launch(_worker, WORLD)
 
 
 def assert_close(a, b, what):

@@ -1,6 +1,6 @@
 """RiemannianLangevin with chains sharded over two gloo ranks: same law, reproducible.
 
-Two processes (``torch.multiprocessing.spawn``, gloo on 127.0.0.1) sample the
+Two processes (:func:`thermanopt.distributed.launch`, gloo on 127.0.0.1) sample the
 free-energy law on the observable quotient (width 2, depth 2, T = 1, E = |X|^2 / 2) with
 ``process_group="auto"`` and ``gather=True``. Every rank must hold all chains, in chain
 order; the pooled final states follow the quadrature law of the single-process tests;
@@ -9,19 +9,14 @@ the ranks' chains are distinct; a second run with the same seed is identical.
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import timedelta
-
 import numpy as np
 import pymanopt
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from scipy import stats
 
 import thermanopt.function
+from thermanopt.distributed import launch
 from thermanopt.manifolds import ObservableQuotient
 from thermanopt.optimizers import RiemannianLangevin
 from thermanopt.optimizers.sharding import chain_shard
@@ -44,35 +39,17 @@ def _start():
     return torch.randn(CHAINS, 2, 2, generator=g, dtype=torch.float64)
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-        timeout=timedelta(seconds=120),
-    )
-    try:
-        sampler = RiemannianLangevin(1.0, 0.01)
-        kw = dict(n_chains=CHAINS, thin=STEPS, generator=5, batched_cost=True)
-        full = sampler.sample(_problem(), _start(), STEPS, process_group="auto", gather=True, **kw)
-        own = sampler.sample(_problem(), _start(), STEPS, process_group="auto", **kw)
-        torch.save(
-            {"full": full, "own": own, "log": sampler.log},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int) -> dict:
+    sampler = RiemannianLangevin(1.0, 0.01)
+    kw = dict(n_chains=CHAINS, thin=STEPS, generator=5, batched_cost=True)
+    full = sampler.sample(_problem(), _start(), STEPS, process_group="auto", gather=True, **kw)
+    own = sampler.sample(_problem(), _start(), STEPS, process_group="auto", **kw)
+    return {"full": full, "own": own, "log": sampler.log}
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("langevin_ranks")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+def ranks():
+    return launch(_worker, WORLD)
 
 
 def test_chain_shards_cover_the_chains_once():

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from ..entropy.entropic_loss import data_parallel_module, resolve_process_group
 from .report import Symmetry, SymmetryReport
 from .verify import verify_symmetry
 
@@ -64,52 +67,131 @@ def _label(k: int, s: Symmetry) -> str:
 
 def track_breaking(model: nn.Module, report: SymmetryReport, step_fn: Callable[[nn.Module], object],
                    n_steps: int, *, lr: float | None = None,
-                   symmetries: list[Symmetry] | None = None) -> BreakingHistory:
+                   symmetries: list[Symmetry] | None = None,
+                   process_group: Any = None) -> BreakingHistory:
     """Run ``step_fn(model)`` ``n_steps`` times (one optimizer step each, returning the loss or
     None) and record the charge / order parameter of every symmetry before and after each
     step, and ``g^T A g`` of the gradients left in ``.grad`` by the step. With ``lr`` the
     exact one-step prediction ``lr^2 g^T A g`` of plain GD/SGD is available to
     :func:`classify_breaking`.
+
+    **Distributed data parallelism.** ``model`` may be a ``DistributedDataParallel`` wrapper
+    (``step_fn`` gets the wrapper, so its backward averages the gradients; the charges are
+    read from ``model.module``, whose parameter names are those of ``report``). With
+    ``process_group`` (a ``torch.distributed`` group, or ``"auto"``: see
+    :func:`~thermanopt.entropy.entropic_loss.resolve_process_group`) every rank of the group
+    makes the same call with its shard of each batch, and every rank returns the same
+    history, equal to that of a single process on the concatenated batches (equal shards,
+    as DDP's gradient average assumes):
+
+    - charges, ``g^T A g`` and the discrete invariance errors are computed once per step,
+      on the group's first rank, from the parameters and the (averaged) gradients that DDP
+      keeps identical on every rank, and sent to the others in one broadcast at the end;
+    - the losses returned by ``step_fn`` are this rank's; they are averaged over the ranks
+      (one ``all_reduce`` at the end), so ``loss[t] = mean_r L_r = L`` of the global batch;
+    - the parameters are checked to agree across ranks (one ``all_reduce`` of a checksum:
+      per-tensor sum and sum of squares) before the first and after the last step;
+      ``ValueError`` when they differ (a model built differently on some rank, or a
+      ``step_fn`` that bypasses the DDP wrapper so that the gradients are not averaged).
+
+    With NCCL, select each rank's GPU (``torch.cuda.set_device``) before the call, as for
+    DDP itself: the collectives run on the parameters' device.
     """
     if n_steps < 1:
         raise ValueError("n_steps must be >= 1")
+    group = resolve_process_group(process_group)
+    module = data_parallel_module(model)
     syms = symmetries if symmetries is not None else report.symmetries
     labels = [_label(k, s) for k, s in enumerate(syms)]
     h = BreakingHistory(labels, list(syms), lr=lr)
-
-    def snapshot(grad: bool):
-        with torch.no_grad():
-            ts = {}
-            for n, p in model.named_parameters():
-                src = p.grad if grad else p
-                if src is None:
-                    return None
-                ts[n] = src.detach().to(torch.float64).clone()  # a copy, not a live view
-        out = {}
-        for lab, s in zip(labels, syms):
-            out[lab] = charges(ts, report, s)
-        return out
-
-    def push(store_q, store_a, snap):
-        for lab in labels:
-            store_q.setdefault(lab, []).append(snap[lab][0])
-            store_a.setdefault(lab, []).append(snap[lab][1])
-
-    for lab, s in zip(labels, syms):
-        if not s.continuous:
-            h.invariance_error[lab] = (verify_symmetry(model, report, s),)
-    push(h.charge, h.absolute, snapshot(False))
+    records = group is None or dist.get_rank(group) == 0
+    if group is not None:
+        _check_replicated(module, group, "before the first step")
+    if records:
+        _record_invariance(h, module, report)
+        _push(h.charge, h.absolute, _snapshot(module, report, h, grad=False))
+    losses = []
     for _ in range(n_steps):
-        loss = step_fn(model)
-        h.loss.append(float(loss) if loss is not None else float("nan"))
-        gs = snapshot(True)
-        if gs is not None:
-            push(h.grad_charge, h.grad_absolute, gs)
-        push(h.charge, h.absolute, snapshot(False))
-    for lab, s in zip(labels, syms):
+        losses.append(step_fn(model))
+        if records:
+            gs = _snapshot(module, report, h, grad=True)
+            if gs is not None:
+                _push(h.grad_charge, h.grad_absolute, gs)
+            _push(h.charge, h.absolute, _snapshot(module, report, h, grad=False))
+    if records:
+        _record_invariance(h, module, report)
+    h.loss = _mean_losses(losses, module, group)
+    if group is not None:
+        _check_replicated(module, group, "after the last step")
+        h = _from_first_rank(h, group)
+    return h
+
+
+def _snapshot(module: nn.Module, report: SymmetryReport, h: BreakingHistory,
+              grad: bool) -> dict | None:
+    """Charges of every symmetry of ``h`` at the parameters (or at ``.grad``; None when a
+    parameter has no gradient), on float64 copies (not live views)."""
+    with torch.no_grad():
+        ts = {}
+        for n, p in module.named_parameters():
+            src = p.grad if grad else p
+            if src is None:
+                return None
+            ts[n] = src.detach().to(torch.float64).clone()
+    return {lab: charges(ts, report, s) for lab, s in zip(h.labels, h.symmetries)}
+
+
+def _push(store_q: dict, store_a: dict, snap: dict) -> None:
+    for lab, (q, a) in snap.items():
+        store_q.setdefault(lab, []).append(q)
+        store_a.setdefault(lab, []).append(a)
+
+
+def _record_invariance(h: BreakingHistory, module: nn.Module, report: SymmetryReport) -> None:
+    """Append the invariance error of every discrete symmetry (start, then end)."""
+    for lab, s in zip(h.labels, h.symmetries):
         if not s.continuous:
-            h.invariance_error[lab] = h.invariance_error[lab] + (
-                verify_symmetry(model, report, s),)
+            h.invariance_error[lab] = h.invariance_error.get(lab, ()) + (
+                verify_symmetry(module, report, s),)
+
+
+def _mean_losses(losses: list, module: nn.Module, group: Any) -> list[float]:
+    """Losses as floats (None -> nan), averaged over the ranks of ``group`` in one
+    ``all_reduce`` (on the parameters' device, as NCCL needs)."""
+    device = next(module.parameters()).device
+    vals = torch.stack([
+        torch.as_tensor(float("nan") if x is None else x).detach().to(device, torch.float64)
+        .reshape(()) for x in losses])
+    if group is not None:
+        dist.all_reduce(vals, op=dist.ReduceOp.SUM, group=group)
+        vals = vals / dist.get_world_size(group)
+    return vals.tolist()
+
+
+def _check_replicated(module: nn.Module, group: Any, when: str) -> None:
+    """``ValueError`` unless every rank of ``group`` holds the same parameters (to a
+    relative 1e-12): per-tensor sum and sum of squares, max and min over ranks in one
+    ``all_reduce(MAX)`` of ``[c, -c]``."""
+    with torch.no_grad():
+        c = torch.stack([t for p in module.parameters() for t in (
+            p.detach().to(torch.float64).sum(), p.detach().to(torch.float64).square().sum())])
+        both = torch.cat([c, -c])
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+        hi, lo = both[: len(c)], -both[len(c):]
+        if bool(((hi - lo) > 1e-12 * (1.0 + hi.abs())).any()):
+            raise ValueError(
+                f"track_breaking: the parameters differ across the ranks of process_group "
+                f"{when}; every rank must hold the same model (DistributedDataParallel "
+                "broadcasts rank 0's parameters) and step_fn must call the DDP wrapper so "
+                "that the gradients are averaged")
+
+
+def _from_first_rank(h: BreakingHistory, group: Any) -> BreakingHistory:
+    """Rank 0's record (charges, gradient charges, invariance errors) on every rank, with
+    this rank's (already all-reduced) losses: one ``broadcast_object_list``."""
+    fields = [h.charge, h.absolute, h.grad_charge, h.grad_absolute, h.invariance_error]
+    dist.broadcast_object_list(fields, group=group, group_src=0)
+    h.charge, h.absolute, h.grad_charge, h.grad_absolute, h.invariance_error = fields
     return h
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_demo", "summary_table", "Stage", "STAGES"]
+__all__ = ["run_demo", "summary_table", "resolve_nproc", "Stage", "STAGES"]
 
 
 @dataclass
@@ -31,7 +31,8 @@ class StageResult:
 @dataclass
 class Context:
     """What every stage gets: output folder, device, size switch, seed, progress
-    bar, and ``shared`` (results earlier stages hand to later ones)."""
+    bar, ``shared`` (results earlier stages hand to later ones) and ``nproc``, the number
+    of processes a stage may spread its work over (the Langevin chains)."""
 
     out: Path
     device: str
@@ -39,6 +40,7 @@ class Context:
     seed: int
     progress: Any = None
     shared: dict[str, Any] = field(default_factory=dict)
+    nproc: int = 1
 
     def tick(self, n: int = 1) -> None:
         if self.progress is not None:
@@ -247,15 +249,43 @@ def summary_table(results: dict[str, Any]) -> str:
     return "\n".join([line(head), "-" * len(line(head))] + [line(r) for r in rows])
 
 
+def resolve_nproc(device: str, nproc: int | None = None) -> int:
+    """Processes the demo runs its Langevin chains on.
+
+    ``None``: every visible GPU when ``device`` is ``"cuda"`` (no index), else 1. A given
+    number must be a positive integer; on CUDA each process takes one GPU (``cuda:0`` to
+    ``cuda:{nproc-1}``), so ``nproc > 1`` needs ``device="cuda"`` and that many GPUs. On
+    the CPU any number of gloo processes is allowed. ``ValueError`` otherwise.
+    """
+    import torch
+
+    if nproc is None:
+        return max(1, torch.cuda.device_count()) if device == "cuda" else 1
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
+    if nproc > 1 and device.startswith("cuda"):
+        if device != "cuda":
+            raise ValueError(f"nproc={nproc} uses cuda:0..cuda:{nproc - 1}; pass device "
+                             f"'cuda' instead of {device!r}")
+        if nproc > torch.cuda.device_count():
+            raise ValueError(f"nproc={nproc} needs one GPU per process, but "
+                             f"{torch.cuda.device_count()} CUDA device(s) are visible")
+    return nproc
+
+
 def run_demo(
-    out: str = "thermanopt-demo", device: str = "cpu", quick: bool = False, seed: int = 0
+    out: str = "thermanopt-demo", device: str = "cpu", quick: bool = False, seed: int = 0,
+    nproc: int | None = None,
 ) -> dict[str, Any]:
     """Run every demo stage, write ``report.md``, figures and ``results.json`` to ``out``.
 
     ``out`` and ``device`` are checked before any stage runs (``ValueError``:
     a file in the way, an unwritable folder, an unknown or unavailable device).
     Each stage shows a progress bar whose total is its number of steps; a
-    summary table follows the last stage. Library warnings and torch log
+    summary table follows the last stage. ``nproc`` (:func:`resolve_nproc`; by default
+    every visible GPU with ``device="cuda"``, else 1) processes share the Langevin chains
+    of the sampling stage (NCCL, one GPU each; gloo on the CPU); the figures are drawn
+    from the gathered chains by this process. Library warnings and torch log
     records are captured into ``results["library_messages"]`` instead of being
     printed. Returns the JSON-able results: for each stage its numbers and
     figures, or ``{"missing": [...]}`` when its capability has not landed.
@@ -268,9 +298,11 @@ def run_demo(
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but torch sees no CUDA device; use cpu")
+    nproc = resolve_nproc(device, nproc)
     folder = prepare_output_dir(out)
-    results: dict[str, Any] = {"device": device, "quick": quick, "seed": seed, "stages": {}}
-    ctx = Context(folder, device, quick, seed)
+    results: dict[str, Any] = {"device": device, "quick": quick, "seed": seed,
+                               "processes": nproc, "stages": {}}
+    ctx = Context(folder, device, quick, seed, nproc=nproc)
     lines = ["# thermanopt demo report", ""]
     t_start = time.perf_counter()
     with captured_library_output() as captured:

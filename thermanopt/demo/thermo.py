@@ -100,15 +100,87 @@ def stage_free_energy(ctx) -> Any:
     )
 
 
-def stage_sampling(ctx) -> Any:
-    """Riemannian Langevin on the balanced manifold, pushed to X, against the Gibbs law."""
+def _langevin_problem(width: int, depth: int, device: str):
+    """Balanced manifold, the problem E = |X|^2 / 2 with X = phi(W) (its cost broadcasts
+    over a leading chain axis and sums over chains), and the balanced start over I."""
     import pymanopt
     import torch
 
     import thermanopt.function
-    from thermanopt.entropy.gibbs import singular_value_marginals
     from thermanopt.manifolds import BalancedManifold
+
+    manifold = BalancedManifold(width, depth, backend="torch", device=device)
+
+    @thermanopt.function.torch(manifold)
+    def cost(W):
+        X = W[..., 0, :, :]
+        for p in range(1, W.shape[-3]):
+            X = W[..., p, :, :] @ X
+        return 0.5 * (X * X).sum()
+
+    start = manifold.balanced_from(torch.eye(width, dtype=torch.float64, device=device))
+    return manifold, pymanopt.Problem(manifold, cost), start
+
+
+def _chains_in_process(ctx, depth: int, width: int, T: float, h: float, n_chains: int,
+                       n_steps: int, chunk: int):
+    """Final states of the chains, run here in chunks of ``chunk`` steps (one tick each)."""
+    import torch
+
     from thermanopt.optimizers import RiemannianLangevin
+
+    _, problem, state = _langevin_problem(width, depth, ctx.device)
+    sampler = RiemannianLangevin(T, h)
+    gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+    done = 0
+    while done < n_steps:
+        k = min(chunk, n_steps - done)
+        state = sampler.sample(
+            problem, state, k, n_chains=n_chains, thin=k, generator=gen, batched_cost=True,
+        )[-1]
+        done += k
+        ctx.tick()
+    return state
+
+
+def _chains_rank(rank: int, depths: tuple, width: int, T: float, h: float, n_chains: int,
+                 n_steps: int, seed: int, device: str):
+    """One rank of :func:`_chains_sharded`: its shard of the chains of every depth
+    (``process_group="auto"``), gathered in chain order; rank 0 returns them."""
+    from thermanopt.optimizers import RiemannianLangevin
+
+    dev = f"cuda:{rank}" if device == "cuda" else device
+    final = {}
+    for N in depths:
+        _, problem, start = _langevin_problem(width, N, dev)
+        final[N] = RiemannianLangevin(T, h).sample(
+            problem, start, n_steps, n_chains=n_chains, thin=n_steps, generator=seed,
+            batched_cost=True, process_group="auto", gather=True,
+        )[-1].cpu()
+    return final if rank == 0 else None
+
+
+def _chains_sharded(ctx, depths: tuple, width: int, T: float, h: float, n_chains: int,
+                    n_steps: int) -> dict:
+    """Final states of every depth's chains, sharded over ``ctx.nproc`` processes (one
+    GPU each on CUDA, gloo on the CPU) and gathered here."""
+    from thermanopt.distributed import launch
+
+    final = launch(_chains_rank, ctx.nproc,
+                   (tuple(depths), width, T, h, n_chains, n_steps, ctx.seed, ctx.device),
+                   device=ctx.device)[0]
+    return {N: state.to(ctx.device) for N, state in final.items()}
+
+
+def stage_sampling(ctx) -> Any:
+    """Riemannian Langevin on the balanced manifold, pushed to X, against the Gibbs law.
+
+    With ``ctx.nproc > 1`` the chains are sharded over that many processes
+    (``RiemannianLangevin.sample(..., process_group=, gather=True)``); the figure and the
+    numbers come from the gathered chains, as in one process."""
+    import torch
+
+    from thermanopt.entropy.gibbs import singular_value_marginals
 
     from . import StageResult
 
@@ -120,12 +192,18 @@ def stage_sampling(ctx) -> Any:
     n_steps = 250 if ctx.quick else 400
     numbers: dict[str, Any] = {
         "temperature": T, "step_size": h, "chains": n_chains, "steps": n_steps,
-        "depths": list(depths),
+        "depths": list(depths), "processes": ctx.nproc,
     }
     path = ctx.out / "langevin_singular_values.png"
     chunk = 50  # steps between progress ticks; the chains continue from chunk to chunk
     n_chunks = -(-n_steps // chunk)
     ctx.set_total(len(depths) * n_chunks)
+    if ctx.nproc > 1:
+        final = _chains_sharded(ctx, depths, width, T, h, n_chains, n_steps)
+        ctx.tick(len(depths) * n_chunks)
+    else:
+        final = {N: _chains_in_process(ctx, N, width, T, h, n_chains, n_steps, chunk)
+                 for N in depths}
 
     def energy_s(s):
         return 0.5 * (s**2).sum(-1)
@@ -136,28 +214,8 @@ def stage_sampling(ctx) -> Any:
 
     with figure(path, ncols=len(depths), width=5.4, height=4.4) as (fig, axes):
         for ax, N in zip(axes, depths):
-            manifold = BalancedManifold(width, N, backend="torch", device=ctx.device)
-
-            @thermanopt.function.torch(manifold)
-            def cost(W):  # broadcasts over a leading chain axis: sum over chains
-                X = W[..., 0, :, :]
-                for p in range(1, W.shape[-3]):
-                    X = W[..., p, :, :] @ X
-                return 0.5 * (X * X).sum()
-
-            problem = pymanopt.Problem(manifold, cost)
-            W0 = manifold.balanced_from(torch.eye(width, dtype=torch.float64, device=ctx.device))
-            sampler = RiemannianLangevin(T, h)
-            gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-            state, done = W0, 0
-            while done < n_steps:
-                k = min(chunk, n_steps - done)
-                state = sampler.sample(
-                    problem, state, k, n_chains=n_chains, thin=k, generator=gen,
-                    batched_cost=True,
-                )[-1]
-                done += k
-                ctx.tick()
+            manifold, _, _ = _langevin_problem(width, N, ctx.device)
+            state = final[N]
             X = manifold.end_to_end(state)
             s = np.sort(torch.linalg.svdvals(X).cpu().numpy(), axis=-1)[:, ::-1]
             grid, p1, p2 = singular_value_marginals(N, energy_s, T, 7.0, n=1500)
@@ -176,6 +234,7 @@ def stage_sampling(ctx) -> Any:
                         label=f"law without the entropy: {name} s")
                 emp_at = np.searchsorted(samples, grid, side="right") / len(samples)
                 numbers[f"depth_{N}_{name}"] = {
+                    "samples": int(len(samples)),
                     "langevin_mean": float(samples.mean()),
                     "langevin_standard_error": float(samples.std() / np.sqrt(n_chains)),
                     "gibbs_law_mean": float((grid * p * ds).sum() / (p * ds).sum()),
@@ -204,7 +263,9 @@ def stage_sampling(ctx) -> Any:
             f"or more without"
         )
     text = (
-        f"{n_chains} Riemannian Langevin chains on the balanced manifold (width {width}, "
+        f"{n_chains} Riemannian Langevin chains"
+        + (f" (sharded over {ctx.nproc} processes)" if ctx.nproc > 1 else "")
+        + f" on the balanced manifold (width {width}, "
         f"E = |X|^2/2, T = {T}, step {h}, {n_steps} steps, second-order retraction), pushed "
         f"forward to X = phi(W). The figure compares distribution functions (thick: samples; "
         f"solid: exp(-(E - T S)/T) dvol_g; dotted: the same law without the entropy). The "

@@ -71,6 +71,7 @@ __all__ = [
     "layer_balance_next",
     "adam_preconditioner",
     "resolve_process_group",
+    "data_parallel_module",
 ]
 
 Preconditioner = float | Mapping[str, torch.Tensor] | Callable[[dict], dict] | None
@@ -840,12 +841,18 @@ def _functional_module(model: torch.nn.Module, params: Mapping[str, torch.Tensor
     A ``DistributedDataParallel`` (or ``DataParallel``) wrapper is looked through: its
     forward synchronises across processes and must not run inside ``vmap``.
     """
-    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
-    if isinstance(model, wrappers):
-        inner = model.module
+    inner = data_parallel_module(model)
+    if inner is not model:
         strip = len("module.")
         return inner, {k[strip:]: v for k, v in params.items()}
     return model, dict(params)
+
+
+def data_parallel_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper, else
+    ``model`` itself (its parameter names carry no ``"module."`` prefix)."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 def _vmap_centred_sum(
