@@ -587,6 +587,169 @@ def test_ghost_refuses_unsupported_models():
         entropic_loss(model, mse, (X, Y), 0.1, batch_size=2, noise_method="fast")
 
 
+class Block(nn.Module):
+    """A token or feature embedding, transformer encoder layers (self-attention through
+    nn.MultiheadAttention, LayerNorm, feed-forward) and a linear head: every parameter has
+    a ghost rule. ``batch_first=False`` runs the attention sequence-first (the other layers
+    stay sample-first)."""
+
+    def __init__(self, tokens=0, batch_first=True, d=6, features=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.tokens, self.batch_first = tokens, batch_first
+        if tokens:
+            self.embed = nn.Embedding(tokens, d, padding_idx=1)
+        else:
+            self.embed = nn.Linear(features, d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=batch_first)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, d))
+        self.head = nn.Linear(d, 3)
+        self.to(DT)
+
+    def forward(self, x):
+        h = self.embed(x)
+        q = h if self.batch_first else h.transpose(0, 1)
+        a = self.attn(q, q, q, need_weights=False)[0]
+        h = self.norm1(h + (a if self.batch_first else a.transpose(0, 1)))
+        h = self.norm2(h + self.ff(h))
+        return self.head(h).mean(1)
+
+
+def block_data(model, n=6, length=5, seed=4):
+    gen = torch.Generator().manual_seed(seed)
+    if model.tokens:  # repeated tokens and the padding token: the equality Gram matters
+        X = torch.randint(0, model.tokens, (n, length), generator=gen)
+    else:
+        X = torch.randn(n, length, 4, generator=gen, dtype=DT)
+    return X, torch.randint(0, 3, (n,), generator=gen)
+
+
+def loop_noise(model, loss_fn, X, Y):
+    """mean_i ||g_i - g||^2 from per-sample gradients of a Python loop over samples."""
+    G = per_sample_grads(model, loss_fn, X, Y)
+    return float((G - G.mean(0)).pow(2).sum(1).mean())
+
+
+@pytest.mark.parametrize(
+    "kind,precond",
+    [
+        ("features", None),
+        ("features", "diag"),
+        ("seq_first", "scalar"),
+        ("tokens", None),
+        ("tokens", "diag"),
+        ("encoder_layer", None),
+    ],
+)
+def test_ghost_norms_of_transformer_blocks_match_vmap(kind, precond):
+    """Ghost rules for MultiheadAttention, LayerNorm, Embedding and Linear over a sequence:
+    value and gradient equal the per-sample (vmap) path to 1e-10 in float64."""
+    ce = nn.functional.cross_entropy
+    if kind == "encoder_layer":  # torch's own TransformerEncoderLayer, as in the benchmark
+        torch.manual_seed(5)
+        model = nn.Sequential(
+            nn.Linear(4, 8),
+            nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.0, batch_first=True),
+            nn.Flatten(),
+            nn.Linear(40, 3),
+        ).to(DT)
+        X, Y = block_data(Block(), n=5)
+    else:
+        model = Block(tokens=7 if kind == "tokens" else 0, batch_first=kind != "seq_first")
+        X, Y = block_data(model)
+    gen = torch.Generator().manual_seed(0)
+    pc = {None: None, "scalar": 1.7}.get(precond)
+    if precond == "diag":
+        pc = {
+            n: torch.rand(p.shape, generator=gen, dtype=DT) + 0.1
+            for n, p in model.named_parameters()
+        }
+    kw = {"batch_size": 2, "weight_decay": 0.05, "preconditioner": pc}
+    ghost = entropic_loss(model, ce, (X, Y), 0.3, noise_method="ghost", **kw)
+    ref = entropic_loss(model, ce, (X, Y), 0.3, noise_method="vmap", **kw)
+    if pc is None:  # an independent value: per-sample gradients of a Python loop
+        expected = 0.3 / 4 * loop_noise(model, ce, X, Y) / 2
+        assert float(ghost.noise) == pytest.approx(expected, rel=1e-10)
+    assert float(ref.noise) > 1e-4
+    for a, b in zip(ghost, ref):
+        assert float(a) == pytest.approx(float(b), rel=1e-10)
+    params = list(model.parameters())
+    g_ghost = torch.autograd.grad(ghost.total, params)
+    g_ref = torch.autograd.grad(ref.total, params)
+    for a, b in zip(g_ghost, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_ghost_norms_in_float32_keep_dtype_and_match_float64():
+    """float32 ghost norms (sum_i ||g_i||^2 - N ||g||^2 cancels) stay close to float64."""
+    model = Block()
+    X, Y = block_data(model, n=8)
+    ce = nn.functional.cross_entropy
+    ref = entropic_loss(model, ce, (X, Y), 0.3, batch_size=2, noise_method="vmap")
+    model32 = model.float()
+    out = entropic_loss(model32, ce, (X.float(), Y), 0.3, batch_size=2, noise_method="ghost")
+    assert out.noise.dtype == torch.float32
+    assert float(out.noise) == pytest.approx(float(ref.noise), rel=1e-4)
+
+
+def test_ghost_refuses_unsupported_attention_and_embeddings():
+    """Cross-attention, add_bias_kv, separate q/k/v weights and max_norm embeddings have no
+    ghost rule: 'ghost' says so, 'auto' falls back to the per-sample path."""
+    ce = nn.functional.cross_entropy
+
+    class Cross(Block):
+        def forward(self, x):
+            h = self.embed(x)
+            return self.head(self.attn(h, h.flip(1), h.flip(1), need_weights=False)[0]).mean(1)
+
+    model = Cross()
+    X, Y = block_data(model)
+    with pytest.raises(ValueError, match="unsupported layout"):
+        entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="ghost")
+    a = entropic_loss(model, ce, (X, Y), 0.1, batch_size=2)
+    b = entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="vmap")
+    assert float(a.noise) == pytest.approx(float(b.noise), rel=1e-12)
+    assert nn.functional.linear is torch._C._nn.linear  # the recorder is gone
+    for variant in ({"add_bias_kv": True}, {"kdim": 5}):
+        model = Block()
+        model.attn = nn.MultiheadAttention(6, 2, batch_first=True, **variant).to(DT)
+        with pytest.raises(ValueError, match="ghost rule"):
+            entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="ghost")
+    model = Block(tokens=7)
+    model.embed.max_norm = 1.0
+    Xt, Yt = block_data(model)
+    with pytest.raises(ValueError, match="ghost rule"):
+        entropic_loss(model, ce, (Xt, Yt), 0.1, batch_size=2, noise_method="ghost")
+
+
+def test_ghost_recorder_released_when_forward_raises():
+    model = Block()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    model.attn.register_forward_hook(lambda m, a, o: broken())
+    X, Y = block_data(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        entropic_loss(model, nn.functional.cross_entropy, (X, Y), 0.1, batch_size=2)
+    assert nn.functional.linear is torch._C._nn.linear
+
+
+def test_ghost_rule_registry_by_type():
+    from thermanopt.entropy.ghost import ghost_rule, register_ghost_rule
+
+    class MyLinear(nn.Linear):
+        pass
+
+    assert ghost_rule(MyLinear(2, 2)) is ghost_rule(nn.Linear(2, 2))
+    assert ghost_rule(nn.Tanh()) is None
+    with pytest.raises(ValueError, match="nn.Module subclass"):
+        register_ghost_rule(int, ghost_rule(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="GhostRule"):
+        register_ghost_rule(MyLinear, object())
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():

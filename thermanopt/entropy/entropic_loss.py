@@ -58,6 +58,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from thermanopt._backend import check_compatible, check_finite, namespace
+from thermanopt.entropy.ghost import GhostPlan, ghost_plan, normalized
 
 __all__ = [
     "EntropicLoss",
@@ -121,11 +122,7 @@ def _math_attention(enabled: bool = True):
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """``F.layer_norm`` from elementary ops: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
-    dims = tuple(range(-len(normalized_shape), 0))
-    mean = input.mean(dims, keepdim=True)
-    centred = input - mean
-    var = (centred * centred).mean(dims, keepdim=True)
-    out = centred * torch.rsqrt(var + eps)
+    out = normalized(input, normalized_shape, eps)
     if weight is not None:
         out = out * weight
     if bias is not None:
@@ -429,9 +426,10 @@ def entropic_loss(
         layers = _ghost_layers(model, params, preconditioner)
         if layers is None and noise_method == "ghost":
             raise ValueError(
-                "noise_method='ghost' needs every trainable parameter to be the weight or bias "
-                "of an nn.Linear used once per forward, no BatchNorm in training mode and no "
-                "callable preconditioner"
+                "noise_method='ghost' needs every trainable parameter to belong to a module "
+                "with a ghost rule (nn.Linear, nn.LayerNorm, nn.Embedding, self-attention "
+                "nn.MultiheadAttention) used once per forward, no BatchNorm in training mode "
+                "and no callable preconditioner"
             )
     # Per-sample path (no ghost norms) in one chunk: one vmap'd pass gives the
     # per-sample losses and gradients, hence L, g and the noise term, without a separate
@@ -526,44 +524,33 @@ def _batch_pass(
     returned as used (None when the ghost capture failed).
     """
     names = list(params)
-    captured: dict[str, list] = {name: [] for name in layers or {}}
-    hooks = [
-        mod.register_forward_hook(
-            lambda m, inp, out, name=name: captured[name].append(
-                (inp[0], out, getattr(inp[0], "_version", None), getattr(out, "_version", None))
-            )
-        )
-        for name, mod in (layers or {}).items()
-    ]
+    recording = layers.recording() if layers is not None else contextlib.nullcontext()
     # One forward and one backward of the data loss (with the graph kept when the result
     # must be differentiable: its backward is then the one Hessian-vector product).
-    try:
-        with torch.enable_grad(), _math_attention(differentiable):
+    with torch.enable_grad(), _math_attention(differentiable):
+        with recording:
             output = model(inputs)
-            loss = loss_fn(output, targets)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
-            loss = loss.reshape(())
-            if validate:
-                check_finite(loss.detach(), "loss")
-            if layers is not None and not _ghost_capture_ok(captured, n):
-                if noise_method == "ghost":
-                    raise ValueError(
-                        "noise_method='ghost': a Linear layer was called more than once, on "
-                        "inputs without the leading sample dimension, or its input or output "
-                        "was modified in place"
-                    )
-                layers = None
-            outs = [captured[k][0][1] for k in layers] if layers is not None else []
-            grads = torch.autograd.grad(
-                loss,
-                [params[k] for k in names] + outs,
-                create_graph=differentiable,
-                allow_unused=True,
-            )
-    finally:
-        for h in hooks:
-            h.remove()
+        loss = loss_fn(output, targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
+        loss = loss.reshape(())
+        if validate:
+            check_finite(loss.detach(), "loss")
+        outs = layers.outputs(n) if layers is not None else []
+        if outs is None:
+            if noise_method == "ghost":
+                raise ValueError(
+                    "noise_method='ghost': a layer was called more than once, on inputs "
+                    "without the leading sample dimension or in an unsupported layout, or "
+                    "its input or output was modified in place"
+                )
+            layers, outs = None, []
+        grads = torch.autograd.grad(
+            loss,
+            [params[k] for k in names] + outs,
+            create_graph=differentiable,
+            allow_unused=True,
+        )
     g_local = {
         k: (torch.zeros_like(params[k]) if gk is None else gk)
         for k, gk in zip(names, grads[: len(names)])
@@ -576,8 +563,7 @@ def _batch_pass(
         if layers is not None:
             if validate:
                 _check_mean_reduction(loss_fn, output, targets, loss, n)
-            deltas = dict(zip(layers, grads[len(names) :]))
-            second = n * _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n)
+            second = _ghost_sq_sum(layers, list(grads[len(names) :]), n, preconditioner)
         else:
             second = _vmap_centred_sum(
                 model,
@@ -718,45 +704,25 @@ def _global_sums(group, n, loss, g_local, second, *, centred, precond):
 # noise term, per-sample gradient norms without per-sample gradients ("ghost norms")
 
 
-def _ghost_layers(model, params, preconditioner) -> dict[str, torch.nn.Linear] | None:
-    """The nn.Linear modules owning all trainable parameters, or None if that fails."""
+def _ghost_layers(model, params, preconditioner) -> GhostPlan | None:
+    """The ghost-norm plan of ``model`` (:func:`thermanopt.entropy.ghost.ghost_plan`), or
+    None (also for a callable preconditioner, which ghost norms cannot apply)."""
     if (
         preconditioner is not None
         and callable(preconditioner)
         and not isinstance(preconditioner, Mapping)
     ):
         return None
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.training:
-            return None
-    layers, owned = {}, set()
-    for mname, mod in model.named_modules(remove_duplicate=False):
-        if not isinstance(mod, torch.nn.Linear):
-            continue
-        for pname, p in mod.named_parameters(recurse=False):
-            full = f"{mname}.{pname}" if mname else pname
-            if p.requires_grad:
-                if full not in params or params[full] is not p or full in owned:
-                    return None  # shared (tied) or duplicated parameter
-                owned.add(full)
-                layers[mname] = mod
-    if owned != set(params):
-        return None
-    return layers
+    return ghost_plan(model, params)
 
 
-def _ghost_capture_ok(captured, n) -> bool:
-    for calls in captured.values():
-        if len(calls) != 1:
-            return False
-        inp, out, v_in, v_out = calls[0]
-        if not (isinstance(inp, torch.Tensor) and isinstance(out, torch.Tensor)):
-            return False
-        if inp.dim() < 2 or inp.shape[0] != n or out.shape[0] != n:
-            return False
-        if inp._version != v_in or out._version != v_out:
-            return False  # modified in place later (e.g. ReLU(inplace=True))
-    return True
+def _ghost_sq_sum(plan: GhostPlan, grads, n: int, preconditioner) -> torch.Tensor:
+    """``sum_i ||grad ell_i||_Lambda^2`` for a scalar or diagonal ``Lambda`` from the plan's
+    output gradients (:meth:`GhostPlan.sq_sum`)."""
+    if isinstance(preconditioner, Mapping):
+        return plan.sq_sum(grads, n, preconditioner)
+    scale = 1.0 if preconditioner is None else float(preconditioner)
+    return plan.sq_sum(grads, n, {}, scale)
 
 
 def _check_mean_reduction(loss_fn, output, targets, loss, n):
@@ -786,52 +752,6 @@ def _check_mean(plain, combined, how):
             "model without batch-coupled layers (BatchNorm in train mode) or randomness "
             "(dropout)"
         )
-
-
-def _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n):
-    """``mean_i ||grad ell_i||_Lambda^2`` for models made of nn.Linear layers.
-
-    For a Linear layer with input ``a_i`` (shape (T, in)) and per-sample output gradient
-    ``d_i = n * dL/dz_i`` (valid because L is the mean of independent per-sample losses),
-    the per-sample weight gradient is ``G_i = sum_t d_it a_it^T`` and
-    ``||G_i||^2 = sum_{t,s} (a_it . a_is)(d_it . d_is)`` (Goodfellow 2015; "ghost norms"),
-    computed without forming ``G_i`` when that is cheaper.
-    """
-    diag = preconditioner if isinstance(preconditioner, Mapping) else None
-    scale = 1.0
-    if preconditioner is not None and diag is None:
-        scale = float(preconditioner)
-    total = 0.0
-    for mname, mod in layers.items():
-        a = captured[mname][0][0]
-        d = deltas[mname]
-        if d is None:
-            continue
-        a = a.reshape(n, -1, a.shape[-1])
-        d = (n * d).reshape(n, -1, d.shape[-1])
-        prefix = f"{mname}." if mname else ""
-        wname, bname = prefix + "weight", prefix + "bias"
-        if wname in params:
-            lam = None if diag is None else diag[wname]
-            if a.shape[1] == 1 and lam is None:
-                sq = (a * a).sum((1, 2)) * (d * d).sum((1, 2))
-            elif a.shape[1] == 1:
-                sq = torch.einsum(
-                    "no,oi,ni->n", (d * d)[:, 0], lam.expand(mod.weight.shape), (a * a)[:, 0]
-                )
-            elif lam is None and a.shape[1] ** 2 <= a.shape[2] * d.shape[2]:
-                gram_a = torch.matmul(a, a.transpose(1, 2))
-                gram_d = torch.matmul(d, d.transpose(1, 2))
-                sq = (gram_a * gram_d).sum((1, 2))
-            else:
-                G = torch.matmul(d.transpose(1, 2), a)  # (n, out, in)
-                sq = (G * G * (1.0 if lam is None else lam)).sum((1, 2))
-            total = total + scale * sq.mean()
-        if bname in params:
-            lam = None if diag is None else diag[bname]
-            s = d.sum(1)
-            total = total + scale * (s * s * (1.0 if lam is None else lam)).sum(1).mean()
-    return total
 
 
 def _functional_module(model: torch.nn.Module, params: Mapping[str, torch.Tensor]):
