@@ -35,9 +35,11 @@ consecutive linear maps, ``Q = W1 W1^T - W2^T W2`` (:func:`layer_balance`,
 
 The noise term needs ``mean_i ||grad ell_i - g||^2`` over the per-sample gradients. For a
 general model they are computed with ``torch.func`` (``functional_call`` + ``vmap`` +
-``grad``); for models built from ``nn.Linear`` layers the per-sample norms come from the
-layers' inputs and output gradients of the ordinary backward pass ("ghost norms",
-Goodfellow 2015), at little more than the cost of the gradient. The Hessian is never formed,
+``grad``); for models built from layers with a ghost rule (``nn.Linear``, ``nn.LayerNorm``,
+``nn.Embedding``, self-attention ``nn.MultiheadAttention``: :mod:`thermanopt.entropy.ghost`)
+the per-sample norms come from the layers' inputs and output gradients of the ordinary
+backward pass ("ghost norms", Goodfellow 2015), at little more than the cost of the
+gradient. The Hessian is never formed,
 and the whole value is differentiable (double backward) so that a model can be trained on
 ``total``. :func:`adam_preconditioner` turns an Adam state into the diagonal ``Lambda``.
 """
@@ -372,8 +374,11 @@ def entropic_loss(
     noise_method
         ``"vmap"``: per-sample gradients by ``torch.func`` (any model whose samples are
         independent). ``"ghost"``: models whose trainable parameters all belong to
-        ``nn.Linear`` layers (each called once per forward, on inputs ``(N, ..., in)`` whose
-        first dimension is the sample):
+        modules with a rule in :mod:`thermanopt.entropy.ghost` (``nn.Linear``,
+        ``nn.LayerNorm``, ``nn.Embedding``, ``nn.MultiheadAttention`` as self-attention with
+        a packed in-projection), each called once per forward on inputs ``(N, ...)`` whose
+        first dimension is the sample (a sequence-first layout with ``T == N`` cannot be
+        told apart: call such models with ``"vmap"``):
         ``mean_i ||g_i||_Lambda^2`` from the layers' inputs and output gradients of the one
         ordinary backward pass ("ghost norms", Goodfellow 2015), without per-sample
         gradients, then ``E||g_B - g||^2 = (mean_i ||g_i||^2 - ||g||^2) / B`` (loses
@@ -479,12 +484,14 @@ def entropic_loss(
         g_gamma = {k: g[k] + weight_decay * params[k] for k in names}
     else:
         loss_gamma, g_gamma = data_loss, g
-    discretization = 0.25 * lr * _squared_norm(g_gamma, precond)
+    sq_gamma = _squared_norm(g_gamma, precond)
+    discretization = 0.25 * lr * sq_gamma
     if b is None:
         noise = torch.zeros_like(discretization)
     else:
         if layers is not None:  # sum_i ||g_i||^2 / N - ||g||^2
-            var = (second / n_total - _squared_norm(g, precond)).clamp_min(0.0) / b
+            sq_g = sq_gamma if g_gamma is g else _squared_norm(g, precond)
+            var = (second / n_total - sq_g).clamp_min(0.0) / b
         else:
             var = second / (n_total * b)
         if not replacement:

@@ -42,7 +42,7 @@ __all__ = [
     "ghost_plan",
     "ghost_rule",
     "register_ghost_rule",
-    "linear_sq_norms",
+    "linear_sq_sum",
 ]
 
 Lams = Mapping[str, torch.Tensor | None]
@@ -79,41 +79,43 @@ def _unchanged(*calls: _Call) -> bool:
     )
 
 
-def _weighted_sq(g: torch.Tensor, lam: torch.Tensor | None, dims: tuple[int, ...]):
-    """``sum_dims lam * g * g`` (``lam = None``: identity)."""
-    return (g * g if lam is None else g * g * lam).sum(dims)
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``sum x * y`` of two tensors of one shape as one ``dot`` (one op, two in its backward)."""
+    return torch.dot(x.reshape(-1), y.reshape(-1))
 
 
-def linear_sq_norms(a: torch.Tensor, d: torch.Tensor, lams: Lams) -> torch.Tensor:
-    """Per-sample ``||G_i||_Lambda^2 + ||b_i||_Lambda^2`` of a linear map, shape ``(N,)``.
+def _weighted_sq(g: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
+    """``sum lam * g * g`` over all entries (``lam = None``: identity; broadcast over the
+    leading sample dimension)."""
+    return _dot(g, g if lam is None else g * lam)
+
+
+def linear_sq_sum(a: torch.Tensor, d: torch.Tensor, lams: Lams) -> torch.Tensor:
+    """``sum_i ||G_i||_Lambda^2 + ||b_i||_Lambda^2`` of a linear map over its samples (0-d).
 
     ``a`` is ``(N, T, in)`` (inputs), ``d`` is ``(N, T, out)`` (per-sample output gradients),
     ``G_i = sum_t d_it a_it^T`` and ``b_i = sum_t d_it``. ``lams`` maps ``"weight"`` and/or
     ``"bias"`` (the trainable ones) to their diagonal ``Lambda`` or ``None``. Without
-    ``Lambda`` the weight term is ``sum_{t,s} (a_it . a_is)(d_it . d_is)`` when the two
+    ``Lambda`` the weight term is ``sum_i sum_{t,s} (a_it . a_is)(d_it . d_is)`` when the two
     ``T x T`` Gram matrices are smaller than ``G_i`` (``T^2 <= in * out``), else ``G_i`` is
-    formed.
+    formed; for ``T = 1`` it is ``sum_i ||a_i||^2 ||d_i||^2``.
     """
-    total = a.new_zeros(a.shape[0])
+    terms = []
     if "weight" in lams:
         lam = lams["weight"]
-        if a.shape[1] == 1:  # G_i = d_i a_i^T is rank one
-            a1, d1 = a[:, 0], d[:, 0]
-            if lam is None:
-                sq = (a1 * a1).sum(1) * (d1 * d1).sum(1)
-            else:
-                shape = (d.shape[-1], a.shape[-1])
-                sq = torch.einsum("no,oi,ni->n", d1 * d1, lam.expand(shape), a1 * a1)
+        if a.shape[1] == 1 and lam is None:  # G_i = d_i a_i^T is rank one
+            terms.append(_dot((a * a).sum((1, 2)), (d * d).sum((1, 2))))
+        elif a.shape[1] == 1:
+            shape = (d.shape[-1], a.shape[-1])
+            terms.append(torch.einsum("no,oi,ni->", d[:, 0] ** 2, lam.expand(shape), a[:, 0] ** 2))
         elif lam is None and a.shape[1] ** 2 <= a.shape[2] * d.shape[2]:
-            gram_a = torch.matmul(a, a.transpose(1, 2))
-            gram_d = torch.matmul(d, d.transpose(1, 2))
-            sq = (gram_a * gram_d).sum((1, 2))
+            gram_a = torch.bmm(a, a.transpose(1, 2))
+            terms.append(_dot(gram_a, torch.bmm(d, d.transpose(1, 2))))
         else:
-            sq = _weighted_sq(torch.matmul(d.transpose(1, 2), a), lam, (1, 2))
-        total = total + sq
+            terms.append(_weighted_sq(torch.bmm(d.transpose(1, 2), a), lam))
     if "bias" in lams:
-        total = total + _weighted_sq(d.sum(1), lams["bias"], (1,))
-    return total
+        terms.append(_weighted_sq(d.sum(1), lams["bias"]))
+    return sum(terms[1:], terms[0])
 
 
 def _own(module: nn.Module, names: tuple[str, ...]) -> dict[str, nn.Parameter]:
@@ -128,7 +130,7 @@ class GhostRule:
     A rule records the module's calls during the batch forward (:meth:`attach`), names the
     tensors whose gradients it needs (:meth:`outputs`, ``None`` when a recorded call is
     unusable) and turns those gradients into the ``(N,)`` per-sample squared norms
-    (:meth:`sq_norms`). The base rule records each call's first input and output with a
+    (:meth:`sq_sum`). The base rule records each call's first input and output with a
     forward hook.
     """
 
@@ -157,41 +159,43 @@ class GhostRule:
             return None
         return [out]
 
-    def sq_norms(self, module, calls, grads, lams: Lams, n: int) -> torch.Tensor:
-        """``(N,)`` per-sample squared norms of the gradients of the parameters in ``lams``
-        (``grads`` are the gradients of ``L`` w.r.t. :meth:`outputs`)."""
+    def sq_sum(self, module, calls, grads, lams: Lams, n: int) -> torch.Tensor:
+        """``sum_i ||grad ell_i||_Lambda^2 / N^2`` over the parameters in ``lams`` (0-d).
+
+        ``grads`` are the gradients of ``L`` w.r.t. :meth:`outputs`, i.e. the per-sample
+        output gradients ``d_i / N``: every term is quadratic in them, so the caller applies
+        the factor ``N^2`` once."""
         raise NotImplementedError
 
 
 class LinearRule(GhostRule):
-    """``nn.Linear`` on ``(N, ..., in)``: :func:`linear_sq_norms` over the middle dims."""
+    """``nn.Linear`` on ``(N, ..., in)``: :func:`linear_sq_sum` over the middle dims."""
 
-    def sq_norms(self, module, calls, grads, lams, n):
+    def sq_sum(self, module, calls, grads, lams, n):
         a = calls[0].inp
         a = a.reshape(n, -1, a.shape[-1])
-        d = (n * grads[0]).reshape(n, -1, grads[0].shape[-1])
-        return linear_sq_norms(a, d, lams)
+        d = grads[0].reshape(n, -1, grads[0].shape[-1])
+        return linear_sq_sum(a, d, lams)
 
 
 class LayerNormRule(GhostRule):
     """``nn.LayerNorm``: ``dw_i = sum_t xhat_it * d_it``, ``db_i = sum_t d_it``, with
     ``xhat`` recomputed from the recorded input by :func:`normalized`."""
 
-    def sq_norms(self, module, calls, grads, lams, n):
+    def sq_sum(self, module, calls, grads, lams, n):
         shape = tuple(module.normalized_shape)
         size = math.prod(shape)
-        d = (n * grads[0]).reshape(n, -1, size)
-        total = d.new_zeros(n)
-        if "weight" in lams:
-            xhat = normalized(calls[0].inp, shape, module.eps).reshape(n, -1, size)
-            lam = lams["weight"]
-            lam = None if lam is None else lam.expand(shape).reshape(size)
-            total = total + _weighted_sq((xhat * d).sum(1), lam, (1,))
-        if "bias" in lams:
-            lam = lams["bias"]
-            lam = None if lam is None else lam.expand(shape).reshape(size)
-            total = total + _weighted_sq(d.sum(1), lam, (1,))
-        return total
+        d = grads[0].reshape(n, -1, size)
+        terms = []
+        for name, g in (("weight", None), ("bias", d)):
+            if name in lams:
+                if g is None:
+                    xhat = normalized(calls[0].inp, shape, module.eps).reshape(n, -1, size)
+                    g = xhat * d
+                lam = lams[name]
+                lam = None if lam is None else lam.expand(shape).reshape(size)
+                terms.append(_weighted_sq(g.sum(1), lam))
+        return sum(terms[1:], terms[0])
 
 
 class EmbeddingRule(GhostRule):
@@ -207,15 +211,15 @@ class EmbeddingRule(GhostRule):
             return None
         return _own(module, ("weight",))
 
-    def sq_norms(self, module, calls, grads, lams, n):
+    def sq_sum(self, module, calls, grads, lams, n):
         idx = calls[0].inp.reshape(n, -1)
-        d = (n * grads[0]).reshape(n, idx.shape[1], -1)
+        d = grads[0].reshape(n, idx.shape[1], -1)
         if module.padding_idx is not None:
             d = d * (idx != module.padding_idx).unsqueeze(-1).to(d.dtype)
         lam = lams["weight"]
         dl = d if lam is None else d * lam.expand(module.weight.shape)[idx]
         same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(d.dtype)
-        return (torch.matmul(d, dl.transpose(1, 2)) * same).sum((1, 2))
+        return _dot(torch.matmul(d, dl.transpose(1, 2)), same)
 
 
 class _LinearRecorder:
@@ -286,7 +290,7 @@ class MultiheadAttentionRule(GhostRule):
     torch's ``multi_head_attention_forward`` computes ``proj = linear(q, W_in, b_in)`` on the
     sequence-first query ``(L, N, E)`` and ``linear(o, W_out, b_out)`` on the attention
     output flattened to rows ``t * N + i``; both are Linear maps over the ``L`` positions of
-    sample ``i`` (:func:`linear_sq_norms`). The layouts are checked from tensor metadata on
+    sample ``i`` (:func:`linear_sq_sum`). The layouts are checked from tensor metadata on
     every call (the in-projection's input is the module's query, the module's output is a
     view of the out-projection's output); anything else is refused (separate q/k/v
     weights, ``add_bias_kv``, cross-attention, unbatched input).
@@ -350,16 +354,16 @@ class MultiheadAttentionRule(GhostRule):
             return None
         return [c_in.out, z_out]
 
-    def sq_norms(self, module, calls, grads, lams, n):
+    def sq_sum(self, module, calls, grads, lams, n):
         (_, _, c_in), (_, _, c_out) = calls[0].linears
         length = c_in.inp.shape[0]
         a_in = c_in.inp.transpose(0, 1)
-        d_in = (n * grads[0]).transpose(0, 1)
+        d_in = grads[0].transpose(0, 1)
         a_out = c_out.inp.view(length, n, -1).transpose(0, 1)
-        d_out = (n * grads[1]).view(length, n, -1).transpose(0, 1)
+        d_out = grads[1].view(length, n, -1).transpose(0, 1)
         in_lams = {k: lams[f"in_proj_{k}"] for k in ("weight", "bias") if f"in_proj_{k}" in lams}
         out_lams = {k: lams[f"out_proj.{k}"] for k in ("weight", "bias") if f"out_proj.{k}" in lams}
-        return linear_sq_norms(a_in, d_in, in_lams) + linear_sq_norms(a_out, d_out, out_lams)
+        return linear_sq_sum(a_in, d_in, in_lams) + linear_sq_sum(a_out, d_out, out_lams)
 
 
 class _Release:
@@ -446,13 +450,12 @@ class GhostPlan:
     ) -> torch.Tensor:
         """``sum_i ||g_i||_Lambda^2`` with ``Lambda = scale * diag(lams)`` (``lams``: full
         parameter name -> diagonal or None); ``grads`` as returned for :meth:`outputs`."""
-        total, start = None, 0
+        terms, start = [], 0
         for e, size in zip(self.entries, self._sizes):
             own = {k: lams.get(e.prefix + k) for k in e.names}
-            sq = e.rule.sq_norms(e.module, e.calls, grads[start : start + size], own, n).sum()
-            total = sq if total is None else total + sq
+            terms.append(e.rule.sq_sum(e.module, e.calls, grads[start : start + size], own, n))
             start += size
-        return scale * total
+        return sum(terms[1:], terms[0]) * (scale * n * n)
 
 
 def _batchnorm_in_training(model: nn.Module) -> bool:
