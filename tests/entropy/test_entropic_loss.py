@@ -736,6 +736,18 @@ def test_ghost_recorder_released_when_forward_raises():
     assert nn.functional.linear is torch._C._nn.linear
 
 
+def test_ghost_gram_backward_and_double_backward():
+    """The symmetric Gram's hand-written backward (G + G^T) a against finite differences,
+    to second order."""
+    from thermanopt.entropy.ghost import _Gram
+
+    a = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0), dtype=DT)
+    a.requires_grad_(True)
+    torch.testing.assert_close(_Gram.apply(a), a @ a.transpose(1, 2), rtol=1e-15, atol=0)
+    assert torch.autograd.gradcheck(_Gram.apply, (a,))
+    assert torch.autograd.gradgradcheck(_Gram.apply, (a,))
+
+
 def test_ghost_rule_registry_by_type():
     from thermanopt.entropy.ghost import ghost_rule, register_ghost_rule
 

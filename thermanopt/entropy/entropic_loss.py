@@ -39,9 +39,9 @@ general model they are computed with ``torch.func`` (``functional_call`` + ``vma
 ``nn.Embedding``, self-attention ``nn.MultiheadAttention``: :mod:`thermanopt.entropy.ghost`)
 the per-sample norms come from the layers' inputs and output gradients of the ordinary
 backward pass ("ghost norms", Goodfellow 2015), at little more than the cost of the
-gradient. The Hessian is never formed,
-and the whole value is differentiable (double backward) so that a model can be trained on
-``total``. :func:`adam_preconditioner` turns an Adam state into the diagonal ``Lambda``.
+gradient. The Hessian is never formed, and the whole value is differentiable (double
+backward) so that a model can be trained on ``total``. :func:`adam_preconditioner` turns
+an Adam state into the diagonal ``Lambda``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from thermanopt._backend import check_compatible, check_finite, namespace
-from thermanopt.entropy.ghost import GhostPlan, ghost_plan, normalized
+from thermanopt.entropy.ghost import GhostPlan, ghost_plan
 
 __all__ = [
     "EntropicLoss",
@@ -124,7 +124,11 @@ def _math_attention(enabled: bool = True):
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """``F.layer_norm`` from elementary ops: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
-    out = normalized(input, normalized_shape, eps)
+    dims = tuple(range(-len(normalized_shape), 0))
+    mean = input.mean(dims, keepdim=True)
+    centred = input - mean
+    var = (centred * centred).mean(dims, keepdim=True)
+    out = centred * torch.rsqrt(var + eps)
     if weight is not None:
         out = out * weight
     if bias is not None:

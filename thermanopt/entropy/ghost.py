@@ -48,15 +48,6 @@ __all__ = [
 Lams = Mapping[str, torch.Tensor | None]
 
 
-def normalized(x: torch.Tensor, normalized_shape, eps: float = 1e-5) -> torch.Tensor:
-    """``xhat = (x - mean) / sqrt(var + eps)`` over the trailing ``normalized_shape`` dims
-    (biased variance), from elementary ops (exact in any order of differentiation)."""
-    dims = tuple(range(-len(normalized_shape), 0))
-    centred = x - x.mean(dims, keepdim=True)
-    var = (centred * centred).mean(dims, keepdim=True)
-    return centred * torch.rsqrt(var + eps)
-
-
 class _Call(NamedTuple):
     """One recorded call: its (first) input, output and their versions at record time."""
 
@@ -90,6 +81,26 @@ def _weighted_sq(g: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
     return _dot(g, g if lam is None else g * lam)
 
 
+class _Gram(torch.autograd.Function):
+    """Batched Gram matrices ``a_i a_i^T`` of ``a`` with shape ``(N, T, k)``.
+
+    The backward is ``(G_i + G_i^T) a_i``: one batched product instead of the two (one per
+    factor) and the sum of two ``(N, T, k)`` gradients that autograd makes of
+    ``bmm(a, a^T)``. It is written with torch ops, so it is differentiable again. (The
+    ``forward(ctx, ...)`` form: ``apply`` then skips a signature binding per call.)
+    """
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return torch.bmm(a, a.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (a,) = ctx.saved_tensors
+        return torch.bmm(grad + grad.transpose(1, 2), a)
+
+
 def linear_sq_sum(a: torch.Tensor, d: torch.Tensor, lams: Lams) -> torch.Tensor:
     """``sum_i ||G_i||_Lambda^2 + ||b_i||_Lambda^2`` of a linear map over its samples (0-d).
 
@@ -109,8 +120,7 @@ def linear_sq_sum(a: torch.Tensor, d: torch.Tensor, lams: Lams) -> torch.Tensor:
             shape = (d.shape[-1], a.shape[-1])
             terms.append(torch.einsum("no,oi,ni->", d[:, 0] ** 2, lam.expand(shape), a[:, 0] ** 2))
         elif lam is None and a.shape[1] ** 2 <= a.shape[2] * d.shape[2]:
-            gram_a = torch.bmm(a, a.transpose(1, 2))
-            terms.append(_dot(gram_a, torch.bmm(d, d.transpose(1, 2))))
+            terms.append(_dot(_Gram.apply(a), _Gram.apply(d)))
         else:
             terms.append(_weighted_sq(torch.bmm(d.transpose(1, 2), a), lam))
     if "bias" in lams:
@@ -120,8 +130,13 @@ def linear_sq_sum(a: torch.Tensor, d: torch.Tensor, lams: Lams) -> torch.Tensor:
 
 def _own(module: nn.Module, names: tuple[str, ...]) -> dict[str, nn.Parameter]:
     """The trainable parameters among ``names`` (dotted paths below ``module``)."""
-    found = dict(module.named_parameters())
-    return {k: found[k] for k in names if k in found and found[k].requires_grad}
+    out = {}
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        p = getattr(module.get_submodule(owner), leaf, None)
+        if isinstance(p, nn.Parameter) and p.requires_grad:
+            out[name] = p
+    return out
 
 
 class GhostRule:
@@ -180,7 +195,7 @@ class LinearRule(GhostRule):
 
 class LayerNormRule(GhostRule):
     """``nn.LayerNorm``: ``dw_i = sum_t xhat_it * d_it``, ``db_i = sum_t d_it``, with
-    ``xhat`` recomputed from the recorded input by :func:`normalized`."""
+    ``xhat = layer_norm(x)`` (no affine part) recomputed from the recorded input ``x``."""
 
     def sq_sum(self, module, calls, grads, lams, n):
         shape = tuple(module.normalized_shape)
@@ -190,8 +205,8 @@ class LayerNormRule(GhostRule):
         for name, g in (("weight", None), ("bias", d)):
             if name in lams:
                 if g is None:
-                    xhat = normalized(calls[0].inp, shape, module.eps).reshape(n, -1, size)
-                    g = xhat * d
+                    xhat = nn.functional.layer_norm(calls[0].inp, shape, eps=module.eps)
+                    g = xhat.reshape(n, -1, size) * d
                 lam = lams[name]
                 lam = None if lam is None else lam.expand(shape).reshape(size)
                 terms.append(_weighted_sq(g.sum(1), lam))
