@@ -108,22 +108,29 @@ def linear_sq_sum(a: torch.Tensor, d: torch.Tensor, lams: Lams) -> torch.Tensor:
     ``G_i = sum_t d_it a_it^T`` and ``b_i = sum_t d_it``. ``lams`` maps ``"weight"`` and/or
     ``"bias"`` (the trainable ones) to their diagonal ``Lambda`` or ``None``. Without
     ``Lambda`` the weight term is ``sum_i sum_{t,s} (a_it . a_is)(d_it . d_is)`` when the two
-    ``T x T`` Gram matrices are smaller than ``G_i`` (``T^2 <= in * out``), else ``G_i`` is
-    formed; for ``T = 1`` it is ``sum_i ||a_i||^2 ||d_i||^2``.
+    ``T x T`` Gram matrices are smaller than ``G_i`` (``T^2 <= in * out``; for ``T = 1``,
+    ``sum_i ||a_i||^2 ||d_i||^2``), else ``G_i`` is formed. Without any ``Lambda`` the bias
+    is the weight of a constant input 1: both terms are
+    ``sum_i sum_{t,s} (a_it . a_is + 1)(d_it . d_is)``.
     """
     terms = []
-    if "weight" in lams:
-        lam = lams["weight"]
-        if a.shape[1] == 1 and lam is None:  # G_i = d_i a_i^T is rank one
-            terms.append(_dot((a * a).sum((1, 2)), (d * d).sum((1, 2))))
-        elif a.shape[1] == 1:
-            shape = (d.shape[-1], a.shape[-1])
-            terms.append(torch.einsum("no,oi,ni->", d[:, 0] ** 2, lam.expand(shape), a[:, 0] ** 2))
-        elif lam is None and a.shape[1] ** 2 <= a.shape[2] * d.shape[2]:
-            terms.append(_dot(_Gram.apply(a), _Gram.apply(d)))
+    has_bias = "bias" in lams
+    lam = lams.get("weight")
+    gram = a.shape[1] == 1 or a.shape[1] ** 2 <= a.shape[2] * d.shape[2]
+    if "weight" in lams and lam is None and gram:
+        if a.shape[1] == 1:  # G_i = d_i a_i^T is rank one
+            ka, kd = (a * a).sum((1, 2)), (d * d).sum((1, 2))
         else:
-            terms.append(_weighted_sq(torch.bmm(d.transpose(1, 2), a), lam))
-    if "bias" in lams:
+            ka, kd = _Gram.apply(a), _Gram.apply(d)
+        fold = has_bias and lams["bias"] is None
+        terms.append(_dot(ka + 1 if fold else ka, kd))
+        has_bias = has_bias and not fold
+    elif "weight" in lams and a.shape[1] == 1:
+        shape = (d.shape[-1], a.shape[-1])
+        terms.append(torch.einsum("no,oi,ni->", d[:, 0] ** 2, lam.expand(shape), a[:, 0] ** 2))
+    elif "weight" in lams:
+        terms.append(_weighted_sq(torch.bmm(d.transpose(1, 2), a), lam))
+    if has_bias:
         terms.append(_weighted_sq(d.sum(1), lams["bias"]))
     return sum(terms[1:], terms[0])
 
