@@ -19,6 +19,10 @@ With a diagonal preconditioner ``Lambda`` each squared norm is ``sum Lambda * G_
 Every quantity is a torch expression of the recorded inputs and output gradients, so the
 result is differentiable again (a training step on it is a double backward).
 
+Linear, LayerNorm and Embedding rules take the first dimension of the recorded input as
+the sample dimension (a sequence-first tensor whose length equals ``N`` cannot be told
+apart from a sample-first one); the attention rule checks its layouts.
+
 Rules are looked up by module type through the method resolution order
 (:func:`ghost_rule`, :func:`register_ghost_rule`): a subclass of ``nn.Linear`` gets the
 Linear rule. :func:`ghost_plan` builds a :class:`GhostPlan` when rules own every trainable
@@ -151,8 +155,8 @@ class GhostRule:
 
     A rule records the module's calls during the batch forward (:meth:`attach`), names the
     tensors whose gradients it needs (:meth:`outputs`, ``None`` when a recorded call is
-    unusable) and turns those gradients into the ``(N,)`` per-sample squared norms
-    (:meth:`sq_sum`). The base rule records each call's first input and output with a
+    unusable) and turns those gradients into the sum over samples of the per-sample
+    squared norms (:meth:`sq_sum`). The base rule records each call's first input and output with a
     forward hook.
     """
 
