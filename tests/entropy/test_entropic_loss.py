@@ -1156,3 +1156,21 @@ def test_validate_false_makes_no_host_synchronisation(monkeypatch, method):
     )
     torch.testing.assert_close(out.total, ref_nr.total, rtol=1e-12, atol=0)
     assert float(ref.total) != float(ref_nr.total)
+
+
+def test_ghost_attention_rules_make_no_host_synchronisation(monkeypatch):
+    """The attention, LayerNorm and Embedding rules check layouts from metadata only."""
+    model = Block(tokens=7)
+    X, Y = block_data(model)
+    ce = nn.functional.cross_entropy
+    ref = entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="ghost")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronisation inside entropic_loss")
+
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    out = entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="ghost", validate=False)
+    out.total.backward()
+    monkeypatch.undo()
+    torch.testing.assert_close(out.total, ref.total, rtol=1e-14, atol=0)
