@@ -1174,3 +1174,32 @@ def test_ghost_attention_rules_make_no_host_synchronisation(monkeypatch):
     out.total.backward()
     monkeypatch.undo()
     torch.testing.assert_close(out.total, ref.total, rtol=1e-14, atol=0)
+
+
+def test_ghost_layer_whose_output_is_unused():
+    """A layer that runs but does not reach the loss has zero per-sample gradients."""
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.used, self.unused = nn.Linear(3, 2).to(DT), nn.Linear(3, 2).to(DT)
+
+        def forward(self, x):
+            self.unused(x)
+            return self.used(x)
+
+    X, Y = data(6, 3, 2)
+    model = Unused()
+    ghost = entropic_loss(model, mse, (X, Y), 0.2, noise_method="ghost", batch_size=2)
+    ref = entropic_loss(model, mse, (X, Y), 0.2, noise_method="vmap", batch_size=2)
+    assert float(ref.noise) > 1e-4
+    assert float(ghost.noise) == pytest.approx(float(ref.noise), rel=1e-12)
+    params = list(model.parameters())
+    g_ghost = torch.autograd.grad(ghost.total, params, allow_unused=True)
+    g_ref = torch.autograd.grad(ref.total, params, allow_unused=True)
+    for a, b in zip(g_ghost, g_ref):
+        if a is None or b is None:  # the unused layer: no gradient, or a zero one
+            assert all(t is None or not t.any() for t in (a, b))
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)

@@ -444,6 +444,7 @@ class GhostPlan:
     def __init__(self, entries: list[_Entry]):
         self.entries = entries
         self._sizes: list[int] = []
+        self._outs: list[torch.Tensor] = []
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
@@ -469,18 +470,26 @@ class GhostPlan:
                 return None
             outs += got
             self._sizes.append(len(got))
+        self._outs = outs
         return outs
 
     def sq_sum(
         self, grads: list[torch.Tensor], n: int, lams: Lams, scale: float = 1.0
     ) -> torch.Tensor:
         """``sum_i ||g_i||_Lambda^2`` with ``Lambda = scale * diag(lams)`` (``lams``: full
-        parameter name -> diagonal or None); ``grads`` as returned for :meth:`outputs`."""
+        parameter name -> diagonal or None); ``grads`` as returned for :meth:`outputs`
+        (``None`` for an output the loss does not depend on: a zero gradient)."""
         terms, start = [], 0
         for e, size in zip(self.entries, self._sizes):
-            own = {k: lams.get(e.prefix + k) for k in e.names}
-            terms.append(e.rule.sq_sum(e.module, e.calls, grads[start : start + size], own, n))
+            got, outs = grads[start : start + size], self._outs[start : start + size]
             start += size
+            if all(g is None for g in got):
+                continue  # the module's parameters do not reach the loss
+            got = [torch.zeros_like(o) if g is None else g for g, o in zip(got, outs)]
+            own = {k: lams.get(e.prefix + k) for k in e.names}
+            terms.append(e.rule.sq_sum(e.module, e.calls, got, own, n))
+        if not terms:
+            return self._outs[0].new_zeros(())
         return sum(terms[1:], terms[0]) * (scale * n * n)
 
 
