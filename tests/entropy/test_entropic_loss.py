@@ -681,6 +681,24 @@ def test_ghost_norms_of_transformer_blocks_match_vmap(kind, precond):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
 
 
+def test_ghost_attention_with_frozen_projections():
+    """Only some of the attention's parameters trainable (the rule sums those only)."""
+    ce = nn.functional.cross_entropy
+    cases = [
+        {"in_proj_weight"},
+        {"in_proj_weight", "in_proj_bias"},
+        {"in_proj_bias", "out_proj.weight", "out_proj.bias"},
+    ]
+    for frozen in cases:
+        model = Block()
+        for name in frozen:
+            model.attn.get_parameter(name).requires_grad_(False)
+        X, Y = block_data(model)
+        ghost = entropic_loss(model, ce, (X, Y), 0.3, batch_size=2, noise_method="ghost")
+        ref = entropic_loss(model, ce, (X, Y), 0.3, batch_size=2, noise_method="vmap")
+        assert float(ghost.noise) == pytest.approx(float(ref.noise), rel=1e-10)
+
+
 def test_ghost_norms_in_float32_keep_dtype_and_match_float64():
     """float32 ghost norms (sum_i ||g_i||^2 - N ||g||^2 cancels) stay close to float64."""
     model = Block()

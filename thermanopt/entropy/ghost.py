@@ -136,7 +136,7 @@ def linear_sq_sum(a: torch.Tensor, d: torch.Tensor, lams: Lams) -> torch.Tensor:
         terms.append(_weighted_sq(torch.bmm(d.transpose(1, 2), a), lam))
     if has_bias:
         terms.append(_weighted_sq(d.sum(1), lams["bias"]))
-    return sum(terms[1:], terms[0])
+    return sum(terms[1:], terms[0]) if terms else a.new_zeros(())
 
 
 def _own(module: nn.Module, names: tuple[str, ...]) -> dict[str, nn.Parameter]:
