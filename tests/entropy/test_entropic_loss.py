@@ -1221,3 +1221,42 @@ def test_ghost_layer_whose_output_is_unused():
             assert all(t is None or not t.any() for t in (a, b))
         else:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_ghost_total_has_exact_hessian_vector_products():
+    """The ghost terms are torch expressions (the Gram's backward included): a Hessian-vector
+    product of ``total`` matches central differences of its gradient. (Not through
+    nn.LayerNorm: torch 2.13's native layer_norm has a wrong third derivative.)"""
+
+    class EmbeddingAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(7, 6)
+            self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+            self.head = nn.Linear(6, 3)
+            self.to(DT)
+
+        def forward(self, x):
+            h = torch.tanh(self.embed(x))
+            return self.head(torch.tanh(self.attn(h, h, h, need_weights=False)[0])).mean(1)
+
+    model = EmbeddingAttention()
+    gen = torch.Generator().manual_seed(4)
+    X, Y = torch.randint(0, 7, (6, 5), generator=gen), torch.randint(0, 3, (6,), generator=gen)
+    ce = nn.functional.cross_entropy
+    params = list(model.parameters())
+    theta = parameters_to_vector(params).detach().clone()
+    v = torch.randn(theta.shape, dtype=DT, generator=gen)
+
+    def grad_at(th, create_graph=False):
+        vector_to_parameters(th, params)
+        total = entropic_loss(model, ce, (X, Y), 0.3, batch_size=2, noise_method="ghost").total
+        grads = torch.autograd.grad(total, params, create_graph=create_graph)
+        return torch.cat([g.reshape(-1) for g in grads])
+
+    hv = torch.autograd.grad(grad_at(theta, True) @ v, params)
+    hv = torch.cat([h.reshape(-1) for h in hv])
+    fd = (grad_at(theta + 1e-5 * v) - grad_at(theta - 1e-5 * v)) / 2e-5
+    vector_to_parameters(theta, params)
+    torch.testing.assert_close(hv, fd, rtol=1e-7, atol=1e-7 * float(fd.abs().max()))

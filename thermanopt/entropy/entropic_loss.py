@@ -407,7 +407,10 @@ def entropic_loss(
     EntropicLoss(total, loss, discretization, noise)
         0-d tensors in the parameters' dtype and device. When autograd is enabled they are
         differentiable w.r.t. the parameters (``total.backward()`` is a double backward);
-        under ``torch.no_grad()`` they are plain values and cheaper.
+        under ``torch.no_grad()`` they are plain values and cheaper. Their gradients are
+        differentiable again (a Hessian-vector product of ``total``), except through
+        ``nn.LayerNorm`` outside the ``"vmap"`` path: torch 2.13's native ``layer_norm`` has
+        a wrong third derivative.
     """
     lr = _check_positive(lr, "lr")
     weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
