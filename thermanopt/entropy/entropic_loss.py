@@ -409,8 +409,8 @@ def entropic_loss(
         differentiable w.r.t. the parameters (``total.backward()`` is a double backward);
         under ``torch.no_grad()`` they are plain values and cheaper. Their gradients are
         differentiable again (a Hessian-vector product of ``total``), except through
-        ``nn.LayerNorm`` outside the ``"vmap"`` path: torch 2.13's native ``layer_norm`` has
-        a wrong third derivative.
+        ``nn.LayerNorm``: torch 2.13's native ``layer_norm`` has a wrong third derivative
+        (only the one-chunk ``"vmap"`` path runs it as elementary ops).
     """
     lr = _check_positive(lr, "lr")
     weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
