@@ -8,9 +8,12 @@ Baseline: ``loss_fn(model(x), y).backward()``. Rows (ratio = time / baseline):
   backward);
 - ``gd train``: ``entropic_loss(...).total.backward()`` (double backward), target <= 2.5;
 - ``sgd value`` / ``sgd train``: the same with the per-sample noise term
-  (``batch_size=8``), target <= 4; the MLP (all ``nn.Linear``) gets ghost norms by default,
-  the transformer per-sample gradients by ``torch.func.vmap``; the ``(vmap)`` rows force
-  the generic vmap path on the MLP (``chunk_size=16``).
+  (``batch_size=8``), target <= 4; both models get ghost norms by default (the MLP's
+  ``nn.Linear`` layers; the transformer's ``nn.Linear``, ``nn.LayerNorm`` and
+  ``nn.MultiheadAttention`` rules of ``thermanopt.entropy.ghost``; before issue 12's ghost
+  rules for attention and LayerNorm, the transformer took per-sample gradients by
+  ``torch.func.vmap``); the ``(vmap)`` rows force the generic vmap path (on the MLP with
+  ``chunk_size=16``).
 
 Before/after in one run: ``--before REV`` (default ``e69e220``, the state before issue 12)
 loads ``thermanopt/entropy/entropic_loss.py`` of that git revision as a separate module and
@@ -166,12 +169,12 @@ def bench(name, factory, quick, device, repeats, before=None, batch_size=8, cloc
         ("sgd value", batch_size, {}, False, 4),
         ("sgd train", batch_size, {}, True, 4),
     ]
-    if name == "mlp":  # all-Linear model: "auto" uses ghost norms; show the generic path too
-        vm = {"noise_method": "vmap", "chunk_size": 16}
-        cases += [
-            ("sgd value (vmap)", batch_size, vm, False, 4),
-            ("sgd train (vmap)", batch_size, vm, True, 4),
-        ]
+    # "auto" uses ghost norms on both models; the (vmap) rows show the generic path
+    vm = {"noise_method": "vmap", "chunk_size": 16} if name == "mlp" else {"noise_method": "vmap"}
+    cases += [
+        ("sgd value (vmap)", batch_size, vm, False, 4),
+        ("sgd train (vmap)", batch_size, vm, True, 4),
+    ]
     size = f"{n_params / 1e6:.1f}M x {n}"
     rows = []
     for label, bs, kw, is_train, target in cases:

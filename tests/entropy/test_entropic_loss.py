@@ -587,6 +587,199 @@ def test_ghost_refuses_unsupported_models():
         entropic_loss(model, mse, (X, Y), 0.1, batch_size=2, noise_method="fast")
 
 
+class Block(nn.Module):
+    """A token or feature embedding, transformer encoder layers (self-attention through
+    nn.MultiheadAttention, LayerNorm, feed-forward) and a linear head: every parameter has
+    a ghost rule. ``batch_first=False`` runs the attention sequence-first (the other layers
+    stay sample-first)."""
+
+    def __init__(self, tokens=0, batch_first=True, d=6, features=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.tokens, self.batch_first = tokens, batch_first
+        if tokens:
+            self.embed = nn.Embedding(tokens, d, padding_idx=1)
+        else:
+            self.embed = nn.Linear(features, d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=batch_first)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, d))
+        self.head = nn.Linear(d, 3)
+        self.to(DT)
+
+    def forward(self, x):
+        h = self.embed(x)
+        q = h if self.batch_first else h.transpose(0, 1)
+        a = self.attn(q, q, q, need_weights=False)[0]
+        h = self.norm1(h + (a if self.batch_first else a.transpose(0, 1)))
+        h = self.norm2(h + self.ff(h))
+        return self.head(h).mean(1)
+
+
+def block_data(model, n=6, length=5, seed=4):
+    gen = torch.Generator().manual_seed(seed)
+    if model.tokens:  # repeated tokens and the padding token: the equality Gram matters
+        X = torch.randint(0, model.tokens, (n, length), generator=gen)
+    else:
+        X = torch.randn(n, length, 4, generator=gen, dtype=DT)
+    return X, torch.randint(0, 3, (n,), generator=gen)
+
+
+def loop_noise(model, loss_fn, X, Y):
+    """mean_i ||g_i - g||^2 from per-sample gradients of a Python loop over samples."""
+    G = per_sample_grads(model, loss_fn, X, Y)
+    return float((G - G.mean(0)).pow(2).sum(1).mean())
+
+
+@pytest.mark.parametrize(
+    "kind,precond",
+    [
+        ("features", None),
+        ("features", "diag"),
+        ("seq_first", "scalar"),
+        ("tokens", None),
+        ("tokens", "diag"),
+        ("encoder_layer", None),
+    ],
+)
+def test_ghost_norms_of_transformer_blocks_match_vmap(kind, precond):
+    """Ghost rules for MultiheadAttention, LayerNorm, Embedding and Linear over a sequence:
+    value and gradient equal the per-sample (vmap) path to 1e-10 in float64."""
+    ce = nn.functional.cross_entropy
+    if kind == "encoder_layer":  # torch's own TransformerEncoderLayer, as in the benchmark
+        torch.manual_seed(5)
+        model = nn.Sequential(
+            nn.Linear(4, 8),
+            nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.0, batch_first=True),
+            nn.Flatten(),
+            nn.Linear(40, 3),
+        ).to(DT)
+        X, Y = block_data(Block(), n=5)
+    else:
+        model = Block(tokens=7 if kind == "tokens" else 0, batch_first=kind != "seq_first")
+        X, Y = block_data(model)
+    gen = torch.Generator().manual_seed(0)
+    pc = {None: None, "scalar": 1.7}.get(precond)
+    if precond == "diag":
+        pc = {
+            n: torch.rand(p.shape, generator=gen, dtype=DT) + 0.1
+            for n, p in model.named_parameters()
+        }
+    kw = {"batch_size": 2, "weight_decay": 0.05, "preconditioner": pc}
+    ghost = entropic_loss(model, ce, (X, Y), 0.3, noise_method="ghost", **kw)
+    ref = entropic_loss(model, ce, (X, Y), 0.3, noise_method="vmap", **kw)
+    if pc is None:  # an independent value: per-sample gradients of a Python loop
+        expected = 0.3 / 4 * loop_noise(model, ce, X, Y) / 2
+        assert float(ghost.noise) == pytest.approx(expected, rel=1e-10)
+    assert float(ref.noise) > 1e-4
+    for a, b in zip(ghost, ref):
+        assert float(a) == pytest.approx(float(b), rel=1e-10)
+    params = list(model.parameters())
+    g_ghost = torch.autograd.grad(ghost.total, params)
+    g_ref = torch.autograd.grad(ref.total, params)
+    for a, b in zip(g_ghost, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_ghost_attention_with_frozen_projections():
+    """Only some of the attention's parameters trainable (the rule sums those only)."""
+    ce = nn.functional.cross_entropy
+    cases = [
+        {"in_proj_weight"},
+        {"in_proj_weight", "in_proj_bias"},
+        {"in_proj_bias", "out_proj.weight", "out_proj.bias"},
+    ]
+    for frozen in cases:
+        model = Block()
+        for name in frozen:
+            model.attn.get_parameter(name).requires_grad_(False)
+        X, Y = block_data(model)
+        ghost = entropic_loss(model, ce, (X, Y), 0.3, batch_size=2, noise_method="ghost")
+        ref = entropic_loss(model, ce, (X, Y), 0.3, batch_size=2, noise_method="vmap")
+        assert float(ghost.noise) == pytest.approx(float(ref.noise), rel=1e-10)
+
+
+def test_ghost_norms_in_float32_keep_dtype_and_match_float64():
+    """float32 ghost norms (sum_i ||g_i||^2 - N ||g||^2 cancels) stay close to float64."""
+    model = Block()
+    X, Y = block_data(model, n=8)
+    ce = nn.functional.cross_entropy
+    ref = entropic_loss(model, ce, (X, Y), 0.3, batch_size=2, noise_method="vmap")
+    model32 = model.float()
+    out = entropic_loss(model32, ce, (X.float(), Y), 0.3, batch_size=2, noise_method="ghost")
+    assert out.noise.dtype == torch.float32
+    assert float(out.noise) == pytest.approx(float(ref.noise), rel=1e-4)
+
+
+def test_ghost_refuses_unsupported_attention_and_embeddings():
+    """Cross-attention, add_bias_kv, separate q/k/v weights and max_norm embeddings have no
+    ghost rule: 'ghost' says so, 'auto' falls back to the per-sample path."""
+    ce = nn.functional.cross_entropy
+
+    class Cross(Block):
+        def forward(self, x):
+            h = self.embed(x)
+            return self.head(self.attn(h, h.flip(1), h.flip(1), need_weights=False)[0]).mean(1)
+
+    model = Cross()
+    X, Y = block_data(model)
+    with pytest.raises(ValueError, match="unsupported layout"):
+        entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="ghost")
+    a = entropic_loss(model, ce, (X, Y), 0.1, batch_size=2)
+    b = entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="vmap")
+    assert float(a.noise) == pytest.approx(float(b.noise), rel=1e-12)
+    assert nn.functional.linear is torch._C._nn.linear  # the recorder is gone
+    for variant in ({"add_bias_kv": True}, {"kdim": 5}):
+        model = Block()
+        model.attn = nn.MultiheadAttention(6, 2, batch_first=True, **variant).to(DT)
+        with pytest.raises(ValueError, match="ghost rule"):
+            entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="ghost")
+    model = Block(tokens=7)
+    model.embed.max_norm = 1.0
+    Xt, Yt = block_data(model)
+    with pytest.raises(ValueError, match="ghost rule"):
+        entropic_loss(model, ce, (Xt, Yt), 0.1, batch_size=2, noise_method="ghost")
+
+
+def test_ghost_recorder_released_when_forward_raises():
+    model = Block()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    model.attn.register_forward_hook(lambda m, a, o: broken())
+    X, Y = block_data(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        entropic_loss(model, nn.functional.cross_entropy, (X, Y), 0.1, batch_size=2)
+    assert nn.functional.linear is torch._C._nn.linear
+
+
+def test_ghost_gram_backward_and_double_backward():
+    """The symmetric Gram's hand-written backward (G + G^T) a against finite differences,
+    to second order."""
+    from thermanopt.entropy.ghost import _Gram
+
+    a = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0), dtype=DT)
+    a.requires_grad_(True)
+    torch.testing.assert_close(_Gram.apply(a), a @ a.transpose(1, 2), rtol=1e-15, atol=0)
+    assert torch.autograd.gradcheck(_Gram.apply, (a,))
+    assert torch.autograd.gradgradcheck(_Gram.apply, (a,))
+
+
+def test_ghost_rule_registry_by_type():
+    from thermanopt.entropy.ghost import ghost_rule, register_ghost_rule
+
+    class MyLinear(nn.Linear):
+        pass
+
+    assert ghost_rule(MyLinear(2, 2)) is ghost_rule(nn.Linear(2, 2))
+    assert ghost_rule(nn.Tanh()) is None
+    with pytest.raises(ValueError, match="nn.Module subclass"):
+        register_ghost_rule(int, ghost_rule(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="GhostRule"):
+        register_ghost_rule(MyLinear, object())
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
@@ -981,3 +1174,89 @@ def test_validate_false_makes_no_host_synchronisation(monkeypatch, method):
     )
     torch.testing.assert_close(out.total, ref_nr.total, rtol=1e-12, atol=0)
     assert float(ref.total) != float(ref_nr.total)
+
+
+def test_ghost_attention_rules_make_no_host_synchronisation(monkeypatch):
+    """The attention, LayerNorm and Embedding rules check layouts from metadata only."""
+    model = Block(tokens=7)
+    X, Y = block_data(model)
+    ce = nn.functional.cross_entropy
+    ref = entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="ghost")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronisation inside entropic_loss")
+
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    out = entropic_loss(model, ce, (X, Y), 0.1, batch_size=2, noise_method="ghost", validate=False)
+    out.total.backward()
+    monkeypatch.undo()
+    torch.testing.assert_close(out.total, ref.total, rtol=1e-14, atol=0)
+
+
+def test_ghost_layer_whose_output_is_unused():
+    """A layer that runs but does not reach the loss has zero per-sample gradients."""
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.used, self.unused = nn.Linear(3, 2).to(DT), nn.Linear(3, 2).to(DT)
+
+        def forward(self, x):
+            self.unused(x)
+            return self.used(x)
+
+    X, Y = data(6, 3, 2)
+    model = Unused()
+    ghost = entropic_loss(model, mse, (X, Y), 0.2, noise_method="ghost", batch_size=2)
+    ref = entropic_loss(model, mse, (X, Y), 0.2, noise_method="vmap", batch_size=2)
+    assert float(ref.noise) > 1e-4
+    assert float(ghost.noise) == pytest.approx(float(ref.noise), rel=1e-12)
+    params = list(model.parameters())
+    g_ghost = torch.autograd.grad(ghost.total, params, allow_unused=True)
+    g_ref = torch.autograd.grad(ref.total, params, allow_unused=True)
+    for a, b in zip(g_ghost, g_ref):
+        if a is None or b is None:  # the unused layer: no gradient, or a zero one
+            assert all(t is None or not t.any() for t in (a, b))
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_ghost_total_has_exact_hessian_vector_products():
+    """The ghost terms are torch expressions (the Gram's backward included): a Hessian-vector
+    product of ``total`` matches central differences of its gradient. (Not through
+    nn.LayerNorm: torch 2.13's native layer_norm has a wrong third derivative.)"""
+
+    class EmbeddingAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(7, 6)
+            self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+            self.head = nn.Linear(6, 3)
+            self.to(DT)
+
+        def forward(self, x):
+            h = torch.tanh(self.embed(x))
+            return self.head(torch.tanh(self.attn(h, h, h, need_weights=False)[0])).mean(1)
+
+    model = EmbeddingAttention()
+    gen = torch.Generator().manual_seed(4)
+    X, Y = torch.randint(0, 7, (6, 5), generator=gen), torch.randint(0, 3, (6,), generator=gen)
+    ce = nn.functional.cross_entropy
+    params = list(model.parameters())
+    theta = parameters_to_vector(params).detach().clone()
+    v = torch.randn(theta.shape, dtype=DT, generator=gen)
+
+    def grad_at(th, create_graph=False):
+        vector_to_parameters(th, params)
+        total = entropic_loss(model, ce, (X, Y), 0.3, batch_size=2, noise_method="ghost").total
+        grads = torch.autograd.grad(total, params, create_graph=create_graph)
+        return torch.cat([g.reshape(-1) for g in grads])
+
+    hv = torch.autograd.grad(grad_at(theta, True) @ v, params)
+    hv = torch.cat([h.reshape(-1) for h in hv])
+    fd = (grad_at(theta + 1e-5 * v) - grad_at(theta - 1e-5 * v)) / 2e-5
+    vector_to_parameters(theta, params)
+    torch.testing.assert_close(hv, fd, rtol=1e-7, atol=1e-7 * float(fd.abs().max()))

@@ -35,11 +35,13 @@ consecutive linear maps, ``Q = W1 W1^T - W2^T W2`` (:func:`layer_balance`,
 
 The noise term needs ``mean_i ||grad ell_i - g||^2`` over the per-sample gradients. For a
 general model they are computed with ``torch.func`` (``functional_call`` + ``vmap`` +
-``grad``); for models built from ``nn.Linear`` layers the per-sample norms come from the
-layers' inputs and output gradients of the ordinary backward pass ("ghost norms",
-Goodfellow 2015), at little more than the cost of the gradient. The Hessian is never formed,
-and the whole value is differentiable (double backward) so that a model can be trained on
-``total``. :func:`adam_preconditioner` turns an Adam state into the diagonal ``Lambda``.
+``grad``); for models built from layers with a ghost rule (``nn.Linear``, ``nn.LayerNorm``,
+``nn.Embedding``, self-attention ``nn.MultiheadAttention``: :mod:`thermanopt.entropy.ghost`)
+the per-sample norms come from the layers' inputs and output gradients of the ordinary
+backward pass ("ghost norms", Goodfellow 2015), at little more than the cost of the
+gradient. The Hessian is never formed, and the whole value is differentiable (double
+backward) so that a model can be trained on ``total``. :func:`adam_preconditioner` turns
+an Adam state into the diagonal ``Lambda``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from thermanopt._backend import check_compatible, check_finite, namespace
+from thermanopt.entropy.ghost import GhostPlan, ghost_plan
 
 __all__ = [
     "EntropicLoss",
@@ -376,8 +379,11 @@ def entropic_loss(
     noise_method
         ``"vmap"``: per-sample gradients by ``torch.func`` (any model whose samples are
         independent). ``"ghost"``: models whose trainable parameters all belong to
-        ``nn.Linear`` layers (each called once per forward, on inputs ``(N, ..., in)`` whose
-        first dimension is the sample):
+        modules with a rule in :mod:`thermanopt.entropy.ghost` (``nn.Linear``,
+        ``nn.LayerNorm``, ``nn.Embedding``, ``nn.MultiheadAttention`` as self-attention with
+        a packed in-projection), each called once per forward on inputs ``(N, ...)`` whose
+        first dimension is the sample (a sequence-first layout with ``T == N`` cannot be
+        told apart: call such models with ``"vmap"``):
         ``mean_i ||g_i||_Lambda^2`` from the layers' inputs and output gradients of the one
         ordinary backward pass ("ghost norms", Goodfellow 2015), without per-sample
         gradients, then ``E||g_B - g||^2 = (mean_i ||g_i||^2 - ||g||^2) / B`` (loses
@@ -402,7 +408,10 @@ def entropic_loss(
     EntropicLoss(total, loss, discretization, noise)
         0-d tensors in the parameters' dtype and device. When autograd is enabled they are
         differentiable w.r.t. the parameters (``total.backward()`` is a double backward);
-        under ``torch.no_grad()`` they are plain values and cheaper.
+        under ``torch.no_grad()`` they are plain values and cheaper. Their gradients are
+        differentiable again (a Hessian-vector product of ``total``), except through
+        ``nn.LayerNorm``: torch 2.13's native ``layer_norm`` has a wrong third derivative
+        (only the one-chunk ``"vmap"`` path runs it as elementary ops).
     """
     lr = _check_positive(lr, "lr")
     weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
@@ -430,9 +439,10 @@ def entropic_loss(
         layers = _ghost_layers(model, params, preconditioner)
         if layers is None and noise_method == "ghost":
             raise ValueError(
-                "noise_method='ghost' needs every trainable parameter to be the weight or bias "
-                "of an nn.Linear used once per forward, no BatchNorm in training mode and no "
-                "callable preconditioner"
+                "noise_method='ghost' needs every trainable parameter to belong to a module "
+                "with a ghost rule (nn.Linear, nn.LayerNorm, nn.Embedding, self-attention "
+                "nn.MultiheadAttention) used once per forward, no BatchNorm in training mode "
+                "and no callable preconditioner"
             )
     # Per-sample path (no ghost norms) in one chunk: one vmap'd pass gives the
     # per-sample losses and gradients, hence L, g and the noise term, without a separate
@@ -482,12 +492,14 @@ def entropic_loss(
         g_gamma = {k: g[k] + weight_decay * params[k] for k in names}
     else:
         loss_gamma, g_gamma = data_loss, g
-    discretization = 0.25 * lr * _squared_norm(g_gamma, precond)
+    sq_gamma = _squared_norm(g_gamma, precond)
+    discretization = 0.25 * lr * sq_gamma
     if b is None:
         noise = torch.zeros_like(discretization)
     else:
         if layers is not None:  # sum_i ||g_i||^2 / N - ||g||^2
-            var = (second / n_total - _squared_norm(g, precond)).clamp_min(0.0) / b
+            sq_g = sq_gamma if g_gamma is g else _squared_norm(g, precond)
+            var = (second / n_total - sq_g).clamp_min(0.0) / b
         else:
             var = second / (n_total * b)
         if not replacement:
@@ -527,44 +539,33 @@ def _batch_pass(
     returned as used (None when the ghost capture failed).
     """
     names = list(params)
-    captured: dict[str, list] = {name: [] for name in layers or {}}
-    hooks = [
-        mod.register_forward_hook(
-            lambda m, inp, out, name=name: captured[name].append(
-                (inp[0], out, getattr(inp[0], "_version", None), getattr(out, "_version", None))
-            )
-        )
-        for name, mod in (layers or {}).items()
-    ]
+    recording = layers.recording() if layers is not None else contextlib.nullcontext()
     # One forward and one backward of the data loss (with the graph kept when the result
     # must be differentiable: its backward is then the one Hessian-vector product).
-    try:
-        with torch.enable_grad(), _math_attention(differentiable):
+    with torch.enable_grad(), _math_attention(differentiable):
+        with recording:
             output = model(inputs)
-            loss = loss_fn(output, targets)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
-            loss = loss.reshape(())
-            if validate:
-                check_finite(loss.detach(), "loss")
-            if layers is not None and not _ghost_capture_ok(captured, n):
-                if noise_method == "ghost":
-                    raise ValueError(
-                        "noise_method='ghost': a Linear layer was called more than once, on "
-                        "inputs without the leading sample dimension, or its input or output "
-                        "was modified in place"
-                    )
-                layers = None
-            outs = [captured[k][0][1] for k in layers] if layers is not None else []
-            grads = torch.autograd.grad(
-                loss,
-                [params[k] for k in names] + outs,
-                create_graph=differentiable,
-                allow_unused=True,
-            )
-    finally:
-        for h in hooks:
-            h.remove()
+        loss = loss_fn(output, targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor (use reduction='mean')")
+        loss = loss.reshape(())
+        if validate:
+            check_finite(loss.detach(), "loss")
+        outs = layers.outputs(n) if layers is not None else []
+        if outs is None:
+            if noise_method == "ghost":
+                raise ValueError(
+                    "noise_method='ghost': a layer was called more than once, on inputs "
+                    "without the leading sample dimension or in an unsupported layout, or "
+                    "its input or output was modified in place"
+                )
+            layers, outs = None, []
+        grads = torch.autograd.grad(
+            loss,
+            [params[k] for k in names] + outs,
+            create_graph=differentiable,
+            allow_unused=True,
+        )
     g_local = {
         k: (torch.zeros_like(params[k]) if gk is None else gk)
         for k, gk in zip(names, grads[: len(names)])
@@ -577,8 +578,7 @@ def _batch_pass(
         if layers is not None:
             if validate:
                 _check_mean_reduction(loss_fn, output, targets, loss, n)
-            deltas = dict(zip(layers, grads[len(names) :]))
-            second = n * _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n)
+            second = _ghost_sq_sum(layers, list(grads[len(names) :]), n, preconditioner)
         else:
             second = _vmap_centred_sum(
                 model,
@@ -719,45 +719,25 @@ def _global_sums(group, n, loss, g_local, second, *, centred, precond):
 # noise term, per-sample gradient norms without per-sample gradients ("ghost norms")
 
 
-def _ghost_layers(model, params, preconditioner) -> dict[str, torch.nn.Linear] | None:
-    """The nn.Linear modules owning all trainable parameters, or None if that fails."""
+def _ghost_layers(model, params, preconditioner) -> GhostPlan | None:
+    """The ghost-norm plan of ``model`` (:func:`thermanopt.entropy.ghost.ghost_plan`), or
+    None (also for a callable preconditioner, which ghost norms cannot apply)."""
     if (
         preconditioner is not None
         and callable(preconditioner)
         and not isinstance(preconditioner, Mapping)
     ):
         return None
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.training:
-            return None
-    layers, owned = {}, set()
-    for mname, mod in model.named_modules(remove_duplicate=False):
-        if not isinstance(mod, torch.nn.Linear):
-            continue
-        for pname, p in mod.named_parameters(recurse=False):
-            full = f"{mname}.{pname}" if mname else pname
-            if p.requires_grad:
-                if full not in params or params[full] is not p or full in owned:
-                    return None  # shared (tied) or duplicated parameter
-                owned.add(full)
-                layers[mname] = mod
-    if owned != set(params):
-        return None
-    return layers
+    return ghost_plan(model, params)
 
 
-def _ghost_capture_ok(captured, n) -> bool:
-    for calls in captured.values():
-        if len(calls) != 1:
-            return False
-        inp, out, v_in, v_out = calls[0]
-        if not (isinstance(inp, torch.Tensor) and isinstance(out, torch.Tensor)):
-            return False
-        if inp.dim() < 2 or inp.shape[0] != n or out.shape[0] != n:
-            return False
-        if inp._version != v_in or out._version != v_out:
-            return False  # modified in place later (e.g. ReLU(inplace=True))
-    return True
+def _ghost_sq_sum(plan: GhostPlan, grads, n: int, preconditioner) -> torch.Tensor:
+    """``sum_i ||grad ell_i||_Lambda^2`` for a scalar or diagonal ``Lambda`` from the plan's
+    output gradients (:meth:`GhostPlan.sq_sum`)."""
+    if isinstance(preconditioner, Mapping):
+        return plan.sq_sum(grads, n, preconditioner)
+    scale = 1.0 if preconditioner is None else float(preconditioner)
+    return plan.sq_sum(grads, n, {}, scale)
 
 
 def _check_mean_reduction(loss_fn, output, targets, loss, n):
@@ -787,52 +767,6 @@ def _check_mean(plain, combined, how):
             "model without batch-coupled layers (BatchNorm in train mode) or randomness "
             "(dropout)"
         )
-
-
-def _ghost_sq_mean(layers, captured, deltas, params, preconditioner, n):
-    """``mean_i ||grad ell_i||_Lambda^2`` for models made of nn.Linear layers.
-
-    For a Linear layer with input ``a_i`` (shape (T, in)) and per-sample output gradient
-    ``d_i = n * dL/dz_i`` (valid because L is the mean of independent per-sample losses),
-    the per-sample weight gradient is ``G_i = sum_t d_it a_it^T`` and
-    ``||G_i||^2 = sum_{t,s} (a_it . a_is)(d_it . d_is)`` (Goodfellow 2015; "ghost norms"),
-    computed without forming ``G_i`` when that is cheaper.
-    """
-    diag = preconditioner if isinstance(preconditioner, Mapping) else None
-    scale = 1.0
-    if preconditioner is not None and diag is None:
-        scale = float(preconditioner)
-    total = 0.0
-    for mname, mod in layers.items():
-        a = captured[mname][0][0]
-        d = deltas[mname]
-        if d is None:
-            continue
-        a = a.reshape(n, -1, a.shape[-1])
-        d = (n * d).reshape(n, -1, d.shape[-1])
-        prefix = f"{mname}." if mname else ""
-        wname, bname = prefix + "weight", prefix + "bias"
-        if wname in params:
-            lam = None if diag is None else diag[wname]
-            if a.shape[1] == 1 and lam is None:
-                sq = (a * a).sum((1, 2)) * (d * d).sum((1, 2))
-            elif a.shape[1] == 1:
-                sq = torch.einsum(
-                    "no,oi,ni->n", (d * d)[:, 0], lam.expand(mod.weight.shape), (a * a)[:, 0]
-                )
-            elif lam is None and a.shape[1] ** 2 <= a.shape[2] * d.shape[2]:
-                gram_a = torch.matmul(a, a.transpose(1, 2))
-                gram_d = torch.matmul(d, d.transpose(1, 2))
-                sq = (gram_a * gram_d).sum((1, 2))
-            else:
-                G = torch.matmul(d.transpose(1, 2), a)  # (n, out, in)
-                sq = (G * G * (1.0 if lam is None else lam)).sum((1, 2))
-            total = total + scale * sq.mean()
-        if bname in params:
-            lam = None if diag is None else diag[bname]
-            s = d.sum(1)
-            total = total + scale * (s * s * (1.0 if lam is None else lam)).sum(1).mean()
-    return total
 
 
 def _functional_module(model: torch.nn.Module, params: Mapping[str, torch.Tensor]):
