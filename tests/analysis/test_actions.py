@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import mlp  # noqa: E402
+from _models import MHAModel, mlp  # noqa: E402
 
 from thermanopt.analysis import find_symmetries  # noqa: E402
 from thermanopt.analysis.actions import (  # noqa: E402
@@ -19,7 +19,12 @@ from thermanopt.analysis.actions import (  # noqa: E402
     random_monomial,
 )
 from thermanopt.analysis.nullity import rank_cut  # noqa: E402
-from thermanopt.analysis.verify import make_claim, random_element, verify_jointly  # noqa: E402
+from thermanopt.analysis.verify import (  # noqa: E402
+    apply_symmetry,
+    make_claim,
+    random_element,
+    verify_jointly,
+)
 
 
 @pytest.mark.parametrize("kind", ["perm", "sign", "pdiag", "homog"])
@@ -29,6 +34,37 @@ def test_monomial_fast_path_equals_the_dense_product(kind):
     t = torch.randn(2, 5, 3, dtype=torch.float64)
     dense = apply_axis(t, [2, 5, 3], 1, None, m.dense())
     assert torch.allclose(apply_monomial(t, [2, 5, 3], 1, m.idx, m.scale), dense)
+
+
+@pytest.mark.parametrize("kind", ["perm", "sign", "pdiag", "homog"])
+def test_monomial_skips_exactly_its_identity_part(kind):
+    """Permutations skip the product (unit scales), diagonals the indexing (identity
+    index): the result is still the dense product."""
+    m = random_monomial(kind, 6, torch.Generator().manual_seed(4))
+    t = torch.randn(3, 6, 2, dtype=torch.float64)
+    dense = apply_axis(t, [3, 6, 2], 1, None, m.dense())
+    fast = apply_monomial(t, [3, 6, 2], 1, m.idx if m.permutes else None,
+                          m.scale if m.scales else None)
+    assert torch.allclose(fast, dense)
+
+
+def test_actions_never_write_into_the_parameters_they_are_given():
+    """Every symmetry of a model with sliced parameters (the fused q/k/v projection of
+    ``nn.MultiheadAttention``) moves a shallow copy: the input tensors keep their values
+    and version counters, so the model's own tensors can be used without copying."""
+    torch.manual_seed(0)
+    model = MHAModel().double()
+    r = find_symmetries(model, torch.randn(2, 5, 8, dtype=torch.float64), verify=False)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    before = {n: (p.clone(), p._version) for n, p in params.items()}
+    sliced = 0
+    for k, s in enumerate(r.symmetries):
+        moved = apply_symmetry(params, r, s, random_element(s, k))
+        assert any(not torch.equal(moved[n], params[n]) for n in params), s.group
+        sliced += any(p["index"] != ":" for p in s.parameters)
+    assert sliced
+    for n, p in params.items():
+        assert torch.equal(p, before[n][0]) and p._version == before[n][1], n
 
 
 @pytest.mark.parametrize("kind,n", [("perm", 2), ("sign", 1), ("perm", 3), ("sign", 2)])
