@@ -193,68 +193,81 @@ def tangent_vectors(report: SymmetryReport, p64: dict, max_per_symmetry: int | N
     return torch.stack(rows)
 
 
-def verify_report(model: nn.Module, report: SymmetryReport, *, jacobian: bool | None = None,
-                  seed: int = 0, max_params: int = JACOBIAN_MAX_PARAMS) -> SymmetryReport:
-    """Run both checks and fill ``verified_error``, ``jacobian_nullity`` and ``complete``."""
-    n = report.n_parameters
+def _check_elements(model: nn.Module, report: SymmetryReport, seed: int) -> float:
+    """Fill ``verified_error`` of every symmetry (module docstring, check 1) and
+    ``report.verification``; returns the tolerance used."""
     syms = report.symmetries
-    if n > VERIFY_ALL_MAX_PARAMS:
-        # one composite element of all exact symmetries (bisected on failure), and one of
-        # the approximate (eps) ones: two forward passes besides the reference
-        ev = evaluation(model, report, eval_dtype(model))
-        for group in ([s for s in syms if not s.approximate], [s for s in syms if s.approximate]):
-            for i, e in verify_jointly(model, report, group, seed=seed, _evaluation=ev).items():
-                group[i].verified_error = e
-        tol = verify_tol(ev.dtype)
-        report.verification = f"jointly: all {len(syms)} symmetries composed " \
-                              f"({str(ev.dtype).removeprefix('torch.')}, tolerance {tol:.2g}; " \
-                              "bisected on failure)"
-    else:
-        ev, tol = evaluation(model, report), VERIFY_TOL
+    if report.n_parameters <= VERIFY_ALL_MAX_PARAMS:
+        ev = evaluation(model, report)
         report.verification = "all symmetries"
         for k, s in enumerate(syms):
             s.verified_error = verify_symmetry(model, report, s, seed=seed + k, _evaluation=ev)
-    for s in syms:
+        return VERIFY_TOL
+    # one composite element of all exact symmetries (bisected on failure), and one of the
+    # approximate (eps) ones: two forward passes besides the reference
+    ev = evaluation(model, report, eval_dtype(model))
+    for group in ([s for s in syms if not s.approximate], [s for s in syms if s.approximate]):
+        for i, e in verify_jointly(model, report, group, seed=seed, _evaluation=ev).items():
+            group[i].verified_error = e
+    tol = verify_tol(ev.dtype)
+    report.verification = (f"jointly: all {len(syms)} symmetries composed "
+                           f"({str(ev.dtype).removeprefix('torch.')}, tolerance {tol:.2g}; "
+                           "bisected on failure)")
+    return tol
+
+
+def _check_jacobian(model: nn.Module, report: SymmetryReport, seed: int, max_params: int,
+                    bad: list[Symmetry]) -> None:
+    """Fill the Jacobian nullity fields and ``complete`` (module docstring, check 2)."""
+    res = jacobian_nullity(model, report, max_params=max_params, seed=seed)
+    report.jacobian_mode = res["mode"]
+    report.jacobian_details = res
+    if res["mode"] == "full":
+        report.jacobian_nullity = res["nullity"]
+        report.loss_jacobian_nullity = res.get("loss_nullity")
+    else:
+        extra = res["nullity"] - res["sampled_tangent_rank"]
+        report.jacobian_nullity = report.continuous_dim + extra
+        # the sampled subspace holds no loss-level tangents: no loss-level count here
+    if res["details"].get("floor", 0.0) > FLOAT32_FLOOR:
+        report.notes.append(
+            f"the null singular values of the Jacobian sit at {res['details']['floor']:.1e} "
+            "of the largest (a float32 round trip inside the model); the rank cut uses "
+            "the gap above that floor")
+    # a symmetry that fails its own check is never part of a complete report
+    report.complete = report.jacobian_nullity == report.continuous_dim and not bad
+    if report.jacobian_nullity > report.continuous_dim:
+        report.notes.append(
+            f"under-reporting: the Jacobian has {report.jacobian_nullity} null directions "
+            f"but only {report.continuous_dim} continuous symmetry dimensions were found")
+        where = ", ".join(f"{name} ({share:.0%})" for name, share in
+                          res.get("missing", [])[:6])
+        report.gaps.append(
+            f"{report.jacobian_nullity - report.continuous_dim} null direction(s) of the "
+            "Jacobian explained by no reported symmetry" +
+            (f", carried by {where}" if where else ""))
+    elif report.jacobian_nullity < report.continuous_dim:
+        report.notes.append(
+            f"over-reporting: {report.continuous_dim} continuous dimensions reported but "
+            f"the Jacobian has only {report.jacobian_nullity} null directions")
+
+
+def verify_report(model: nn.Module, report: SymmetryReport, *, jacobian: bool | None = None,
+                  seed: int = 0, max_params: int = JACOBIAN_MAX_PARAMS) -> SymmetryReport:
+    """Run both checks and fill ``verified_error``, ``verified``, ``jacobian_nullity`` and
+    ``complete`` (``jacobian=None``: the full or sampled Jacobian check up to
+    ``SAMPLED_JACOBIAN_MAX_PARAMS`` parameters)."""
+    tol = _check_elements(model, report, seed)
+    for s in report.symmetries:
         # NaN errors count as failures; approximate (eps) symmetries are exempt
         s.verified = bool(s.approximate) or bool(s.verified_error <= tol)
-    bad = [s for s in syms if s.verified is False]
+    bad = [s for s in report.symmetries if s.verified is False]
     if bad:
         report.notes.append("verification FAILED for: " + ", ".join(
             f"{s.kind} {s.group} (error {s.verified_error:.2e})" for s in bad))
-    if bad:
         report.complete = False
-    if jacobian is None:  # full check, or the matrix-free sampled one up to a few million
-        jacobian = n <= SAMPLED_JACOBIAN_MAX_PARAMS
+    if jacobian is None:
+        jacobian = report.n_parameters <= SAMPLED_JACOBIAN_MAX_PARAMS
     if jacobian:
-        res = jacobian_nullity(model, report, max_params=max_params, seed=seed)
-        report.jacobian_mode = res["mode"]
-        report.jacobian_details = res
-        if res["mode"] == "full":
-            report.jacobian_nullity = res["nullity"]
-            report.loss_jacobian_nullity = res.get("loss_nullity")
-        else:
-            extra = res["nullity"] - res["sampled_tangent_rank"]
-            report.jacobian_nullity = report.continuous_dim + extra
-            # the sampled subspace holds no loss-level tangents: no loss-level count here
-        if res["details"].get("floor", 0.0) > FLOAT32_FLOOR:
-            report.notes.append(
-                f"the null singular values of the Jacobian sit at {res['details']['floor']:.1e} "
-                "of the largest (a float32 round trip inside the model); the rank cut uses "
-                "the gap above that floor")
-        # a symmetry that fails its own check is never part of a complete report
-        report.complete = report.jacobian_nullity == report.continuous_dim and not bad
-        if report.jacobian_nullity > report.continuous_dim:
-            report.notes.append(
-                f"under-reporting: the Jacobian has {report.jacobian_nullity} null directions "
-                f"but only {report.continuous_dim} continuous symmetry dimensions were found")
-            where = ", ".join(f"{name} ({share:.0%})" for name, share in
-                              res.get("missing", [])[:6])
-            report.gaps.append(
-                f"{report.jacobian_nullity - report.continuous_dim} null direction(s) of the "
-                "Jacobian explained by no reported symmetry" +
-                (f", carried by {where}" if where else ""))
-        elif report.jacobian_nullity < report.continuous_dim:
-            report.notes.append(
-                f"over-reporting: {report.continuous_dim} continuous dimensions reported but "
-                f"the Jacobian has only {report.jacobian_nullity} null directions")
+        _check_jacobian(model, report, seed, max_params, bad)
     return report
