@@ -48,6 +48,25 @@ def test_monomial_skips_exactly_its_identity_part(kind):
     assert torch.allclose(fast, dense)
 
 
+@pytest.mark.parametrize("kind", ["permutation", "sign_flip", "rescale", "scale"])
+def test_claimed_monomial_group_acts_like_its_dense_matrix(kind):
+    """A user claim on a permutation/sign/diagonal group draws a sparse element; acting
+    with it equals acting with the dense matrix (``M`` and the inverse ``M^{-T}``)."""
+    claim = make_claim(kind, 5, [("a", 1, 0), ("b", 0, 1)])
+    element = claim.action.random_element(claim, torch.Generator().manual_seed(2))
+    assert isinstance(element, Monomial)
+    params = {"a": torch.randn(3, 5, dtype=torch.float64),
+              "b": torch.randn(5, 4, dtype=torch.float64)}
+    sparse, dense = dict(params), dict(params)
+    claim.action.apply(sparse, {}, claim, element)
+    claim.action.apply(dense, {}, claim, element.dense())
+    m = element.dense()
+    assert torch.allclose(dense["a"], params["a"] @ m.T)
+    assert torch.allclose(dense["b"], torch.linalg.inv(m).T @ params["b"])
+    for k in params:
+        assert torch.allclose(sparse[k], dense[k]), k
+
+
 def test_actions_never_write_into_the_parameters_they_are_given():
     """Every symmetry of a model with sliced parameters (the fused q/k/v projection of
     ``nn.MultiheadAttention``) moves a shallow copy: the input tensors keep their values

@@ -387,3 +387,31 @@ def json_verified(report):
     import json
 
     return [s["verified"] for s in json.loads(report.to_json())["symmetries"]]
+
+
+def test_failed_joint_verification_of_a_large_model_is_flagged():
+    """Above 1e5 parameters the claims are checked by one composed element (in the model's
+    float32): the true symmetries of a GPT-2 pass, a wrong claim composed with them (a
+    rescale of the MLP units across GELU) is found by bisection, marked FAILED and makes
+    the report incomplete; the model is left as it was."""
+    transformers = pytest.importorskip("transformers")
+    from thermanopt.analysis.verify import make_claim, verify_report
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(use_cache=False, vocab_size=50, n_positions=16, n_embd=16,
+                                  n_layer=1, n_head=2, n_inner=4096, bos_token_id=0,
+                                  eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    x = (torch.randint(0, 50, (2, 12)),)
+    before = [p.detach().clone() for p in model.parameters()]
+    r = find_symmetries(model, x, verify=False)
+    assert r.n_parameters > 100_000
+    wrong = make_claim("rescale", 4096, [("transformer.h.0.mlp.c_fc.weight", 1, 0),
+                                         ("transformer.h.0.mlp.c_fc.bias", 0, 0),
+                                         ("transformer.h.0.mlp.c_proj.weight", 0, 1)])
+    r.symmetries.insert(1, wrong)
+    verify_report(model, r, jacobian=False)
+    assert "jointly" in r.verification and "float32" in r.verification
+    assert json_verified(r) == [True, False] + [True] * (len(r.symmetries) - 2), r.table()
+    assert r.complete is False and any("verification FAILED" in n for n in r.notes)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))

@@ -151,6 +151,14 @@ def apply_monomial(t: torch.Tensor, shape: list, target: int, idx: torch.Tensor 
     return te.reshape(t.shape)
 
 
+def _monomial_axis(t: torch.Tensor, shape: list, target: int, idx: torch.Tensor | None,
+                   scale: torch.Tensor | None, inverse_t: bool) -> torch.Tensor:
+    """:func:`apply_monomial` of ``M`` or (``inverse_t``) of ``M^{-T}``, which has the same
+    pattern with the reciprocal values, in ``t``'s dtype and device."""
+    s = None if scale is None else (1.0 / scale if inverse_t else scale).to(t)
+    return apply_monomial(t, shape, target, None if idx is None else idx.to(t.device), s)
+
+
 def _write(params: dict, name: str, index: tuple, value: torch.Tensor, add: bool) -> None:
     """``params[name]`` (its slice ``index``) set to ``value`` (``add``: plus ``value``) by
     replacing the entry, never by writing into the tensor: ``params`` may be a shallow copy
@@ -321,10 +329,8 @@ class MapAction(Action):
             pc = ctx["pieces"][k]
             shape, where, offsets = leaf_positions(ctx, k)
             view = _view(params, pc.name, pc.index)
-            if mono:  # M^{-T} has the same pattern with the reciprocal values
-                s = None if scale is None else (1.0 / scale if par else scale).to(view)
-                i = None if idx is None else idx.to(view.device)
-                new = apply_monomial(view, shape, offsets[d] + pos, i, s)
+            if mono:
+                new = _monomial_axis(view, shape, offsets[d] + pos, idx, scale, par)
             else:
                 copies_at = self._copies_at(ctx, leaf, where, pc.name) \
                     if element.dim() == 3 else None
@@ -759,13 +765,25 @@ class CustomAction(Action):
     kind = "custom"
 
     def random_element(self, sym, gen):
-        return random_matrix(self.data["group"], sym.size, 1, gen)
+        """Permutations, signs and diagonals as a :class:`Monomial` (no ``n x n`` matrix
+        to build and invert), the other groups as a dense matrix."""
+        group = self.data["group"]
+        if group in ("perm", "sign", "pdiag", "homog"):
+            return random_monomial(group, sym.size, gen)
+        return random_matrix(group, sym.size, 1, gen)
 
     def apply(self, params, ctx, sym, element):
+        mono = isinstance(element, Monomial)
+        inv_t = None if mono else torch.linalg.inv(element).T
         for name, dim, par in self.data["axes"]:
-            m = element if par == 0 else torch.linalg.inv(element).T
-            x = torch.movedim(params[name], dim, -1) @ m.T.to(params[name])
-            params[name] = torch.movedim(x, -1, dim)
+            t = params[name]
+            if mono:
+                params[name] = _monomial_axis(
+                    t, list(t.shape), dim, element.idx if element.permutes else None,
+                    element.scale if element.scales else None, bool(par))
+            else:
+                m = inv_t if par else element
+                params[name] = apply_axis(t, list(t.shape), dim, None, m.to(t))
 
 
 ACTIONS: dict[str, type[Action]] = {c.kind: c for c in (
