@@ -415,3 +415,22 @@ def test_failed_joint_verification_of_a_large_model_is_flagged():
     assert json_verified(r) == [True, False] + [True] * (len(r.symmetries) - 2), r.table()
     assert r.complete is False and any("verification FAILED" in n for n in r.notes)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_joint_check_compares_function_level_claims_on_the_raw_output():
+    """The softmax translation claimed at *function* level is wrong (the logits move); next
+    to the true loss-level translation of a >1e5-parameter MLP it must still fail: the
+    joint check does not compare function-level claims on the log-softmax."""
+    from thermanopt.analysis.actions import make_action
+    from thermanopt.analysis.symmetries import Symmetry
+    from thermanopt.analysis.verify import verify_report
+
+    torch.manual_seed(0)
+    model = mlp([300, 400, 10])
+    r = find_symmetries(model, torch.randn(8, 300), verify=False)
+    assert r.n_parameters > 100_000 and [s.level for s in kinds(r, "translation")] == ["loss"]
+    wrong = Symmetry("translation", True, "R^401", 401, None, [], size=401,
+                     action=make_action("translation", weight="2.weight", bias="2.bias"))
+    r.symmetries.append(wrong)
+    verify_report(model, r, jacobian=False)
+    assert json_verified(r) == [True] * (len(r.symmetries) - 1) + [False], r.table()

@@ -5,12 +5,13 @@
    example inputs (for loss-level translations: on the log-softmax of the outputs). Models up
    to ``VERIFY_ALL_MAX_PARAMS`` parameters: one element per symmetry, in float64 (exact
    symmetries give round-off, < 1e-6; a wrong claim gives O(1)). Larger models: one element
-   composed of an element of every exact symmetry (a composition of symmetries is a
-   symmetry), one forward pass in the model's own dtype (:func:`eval_dtype`) with the
-   tolerance :func:`verify_tol` scaled to its machine epsilon, bisected only when it fails;
-   the approximate (eps) symmetries get one composed element of their own. The reference
-   output is computed once per call, the parameters are the model's own tensors (never
-   copied when no conversion is needed; an action that writes into them is an error).
+   composed of an element of every exact function-level symmetry (a composition of
+   symmetries is a symmetry), one forward pass in the model's own dtype (:func:`eval_dtype`)
+   with the tolerance :func:`verify_tol` scaled to its machine epsilon, bisected only when it
+   fails; the loss-level and the approximate (eps) symmetries get one composed element each.
+   The reference output is computed once per call, the parameters are the model's own
+   tensors (never copied when no conversion is needed; an action that writes into them is
+   an error).
 2. Jacobian nullity: ``J = d f(x_i; theta) / d theta`` stacked over many random inputs
    (``torch.func.jacrev``); ``dim ker J`` is the dimension of the orbit through ``theta`` of
    all function-level continuous symmetries and must equal ``continuous_dim``. Models above
@@ -113,7 +114,7 @@ def verify_symmetry(model: nn.Module, report: SymmetryReport, sym: Symmetry, *, 
     """Relative output change (float64, or ``_evaluation``'s dtype) under a random element
     of ``sym``."""
     ev = _evaluation if _evaluation is not None else evaluation(model, report, inputs=inputs)
-    element = random_element(sym, torch.Generator().manual_seed(seed))
+    element = sym.action.random_element(sym, torch.Generator().manual_seed(seed))
     moved = apply_symmetry(ev.params, report, sym, element)
     return float(ev.relative_change(moved, sym.level == "loss"))
 
@@ -203,10 +204,14 @@ def _check_elements(model: nn.Module, report: SymmetryReport, seed: int) -> floa
         for k, s in enumerate(syms):
             s.verified_error = verify_symmetry(model, report, s, seed=seed + k, _evaluation=ev)
         return VERIFY_TOL
-    # one composite element of all exact symmetries (bisected on failure), and one of the
-    # approximate (eps) ones: two forward passes besides the reference
+    # one composite element of all exact function-level symmetries (bisected on failure),
+    # one of the loss-level ones (compared on the log-softmax: kept apart so that the
+    # function-level claims are checked on the raw output) and one of the approximate (eps)
+    # ones: up to three forward passes besides the reference
     ev = evaluation(model, report, eval_dtype(model))
-    for group in ([s for s in syms if not s.approximate], [s for s in syms if s.approximate]):
+    exact = [s for s in syms if not s.approximate]
+    for group in ([s for s in exact if s.level != "loss"], [s for s in exact if s.level == "loss"],
+                  [s for s in syms if s.approximate]):
         for i, e in verify_jointly(model, report, group, seed=seed, _evaluation=ev).items():
             group[i].verified_error = e
     tol = verify_tol(ev.dtype)
