@@ -38,6 +38,11 @@ class Monomial:
         #: (diagonals), ``scale`` is all ones (permutations); the work is then skipped
         self.permutes, self.scales = permutes, scales
 
+    def parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(idx, scale)`` for :func:`apply_monomial`, ``None`` for a part known to be the
+        identity."""
+        return (self.idx if self.permutes else None), (self.scale if self.scales else None)
+
     def dense(self) -> torch.Tensor:
         """The ``n x n`` matrix."""
         n = self.idx.numel()
@@ -316,8 +321,7 @@ class MapAction(Action):
         ``(A, B)``), so that many actions can share one change of coordinates."""
         mono = isinstance(element, Monomial) or (self.monomial and element.dim() == 2)
         if isinstance(element, Monomial):
-            idx = element.idx if element.permutes else None
-            scale = element.scale if element.scales else None
+            idx, scale = element.parts()
         elif mono:
             idx = element.abs().argmax(dim=1)
             scale = element.gather(1, idx[:, None]).flatten()
@@ -778,9 +782,8 @@ class CustomAction(Action):
         for name, dim, par in self.data["axes"]:
             t = params[name]
             if mono:
-                params[name] = _monomial_axis(
-                    t, list(t.shape), dim, element.idx if element.permutes else None,
-                    element.scale if element.scales else None, bool(par))
+                params[name] = _monomial_axis(t, list(t.shape), dim, *element.parts(),
+                                              bool(par))
             else:
                 m = inv_t if par else element
                 params[name] = apply_axis(t, list(t.shape), dim, None, m.to(t))
