@@ -434,3 +434,24 @@ def test_joint_check_compares_function_level_claims_on_the_raw_output():
     r.symmetries.append(wrong)
     verify_report(model, r, jacobian=False)
     assert json_verified(r) == [True] * (len(r.symmetries) - 1) + [False], r.table()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_every_action_kind_composes(dtype, tol):
+    """One composed element of LayerNorm-stream rotations, trades, LayerNorm nulls and
+    shifts, GL maps, rescales, sign flips and permutations (each acting on the parameters
+    the previous ones moved) leaves the function unchanged up to round-off."""
+    from thermanopt.analysis.verify import verify_jointly
+
+    torch.manual_seed(0)
+    model = _SharedLNTransformer(vocab=20, d=24, heads=4)
+    with torch.no_grad():
+        for p in model.parameters():  # off the initial values (gamma = 1, zero biases)
+            p.add_(0.1 * torch.randn_like(p))
+    r = find_symmetries(model, torch.randint(0, 20, (2, 7)), verify=False)
+    syms = [s for s in r.symmetries if not s.approximate and s.level == "function"]
+    assert {s.action.kind for s in syms} >= {"ln_orth", "trade", "ln_null", "ln_shift", "gl",
+                                             "pdiag", "sign", "perm"}
+    for seed in range(2):
+        errors = verify_jointly(model, r, syms, seed=seed, dtype=dtype)
+        assert max(errors.values()) < tol, errors
