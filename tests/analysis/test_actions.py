@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import mlp  # noqa: E402
+from _models import MHAModel, mlp  # noqa: E402
 
 from thermanopt.analysis import find_symmetries  # noqa: E402
 from thermanopt.analysis.actions import (  # noqa: E402
@@ -19,7 +19,12 @@ from thermanopt.analysis.actions import (  # noqa: E402
     random_monomial,
 )
 from thermanopt.analysis.nullity import rank_cut  # noqa: E402
-from thermanopt.analysis.verify import make_claim, random_element, verify_jointly  # noqa: E402
+from thermanopt.analysis.verify import (  # noqa: E402
+    apply_symmetry,
+    make_claim,
+    random_element,
+    verify_jointly,
+)
 
 
 @pytest.mark.parametrize("kind", ["perm", "sign", "pdiag", "homog"])
@@ -29,6 +34,55 @@ def test_monomial_fast_path_equals_the_dense_product(kind):
     t = torch.randn(2, 5, 3, dtype=torch.float64)
     dense = apply_axis(t, [2, 5, 3], 1, None, m.dense())
     assert torch.allclose(apply_monomial(t, [2, 5, 3], 1, m.idx, m.scale), dense)
+
+
+@pytest.mark.parametrize("kind", ["perm", "sign", "pdiag", "homog"])
+def test_monomial_skips_exactly_its_identity_part(kind):
+    """Permutations skip the product (unit scales), diagonals the indexing (identity
+    index): the result is still the dense product."""
+    m = random_monomial(kind, 6, torch.Generator().manual_seed(4))
+    t = torch.randn(3, 6, 2, dtype=torch.float64)
+    dense = apply_axis(t, [3, 6, 2], 1, None, m.dense())
+    fast = apply_monomial(t, [3, 6, 2], 1, *m.parts())
+    assert torch.allclose(fast, dense)
+
+
+@pytest.mark.parametrize("kind", ["permutation", "sign_flip", "rescale", "scale"])
+def test_claimed_monomial_group_acts_like_its_dense_matrix(kind):
+    """A user claim on a permutation/sign/diagonal group draws a sparse element; acting
+    with it equals acting with the dense matrix (``M`` and the inverse ``M^{-T}``)."""
+    claim = make_claim(kind, 5, [("a", 1, 0), ("b", 0, 1)])
+    element = claim.action.random_element(claim, torch.Generator().manual_seed(2))
+    assert isinstance(element, Monomial)
+    params = {"a": torch.randn(3, 5, dtype=torch.float64),
+              "b": torch.randn(5, 4, dtype=torch.float64)}
+    sparse, dense = dict(params), dict(params)
+    claim.action.apply(sparse, {}, claim, element)
+    claim.action.apply(dense, {}, claim, element.dense())
+    m = element.dense()
+    assert torch.allclose(dense["a"], params["a"] @ m.T)
+    assert torch.allclose(dense["b"], torch.linalg.inv(m).T @ params["b"])
+    for k in params:
+        assert torch.allclose(sparse[k], dense[k]), k
+
+
+def test_actions_never_write_into_the_parameters_they_are_given():
+    """Every symmetry of a model with sliced parameters (the fused q/k/v projection of
+    ``nn.MultiheadAttention``) moves a shallow copy: the input tensors keep their values
+    and version counters, so the model's own tensors can be used without copying."""
+    torch.manual_seed(0)
+    model = MHAModel().double()
+    r = find_symmetries(model, torch.randn(2, 5, 8, dtype=torch.float64), verify=False)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    before = {n: (p.clone(), p._version) for n, p in params.items()}
+    sliced = 0
+    for k, s in enumerate(r.symmetries):
+        moved = apply_symmetry(params, r, s, random_element(s, k))
+        assert any(not torch.equal(moved[n], params[n]) for n in params), s.group
+        sliced += any(p["index"] != ":" for p in s.parameters)
+    assert sliced
+    for n, p in params.items():
+        assert torch.equal(p, before[n][0]) and p._version == before[n][1], n
 
 
 @pytest.mark.parametrize("kind,n", [("perm", 2), ("sign", 1), ("perm", 3), ("sign", 2)])

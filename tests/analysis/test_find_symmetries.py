@@ -387,3 +387,71 @@ def json_verified(report):
     import json
 
     return [s["verified"] for s in json.loads(report.to_json())["symmetries"]]
+
+
+def test_failed_joint_verification_of_a_large_model_is_flagged():
+    """Above 1e5 parameters the claims are checked by one composed element (in the model's
+    float32): the true symmetries of a GPT-2 pass, a wrong claim composed with them (a
+    rescale of the MLP units across GELU) is found by bisection, marked FAILED and makes
+    the report incomplete; the model is left as it was."""
+    transformers = pytest.importorskip("transformers")
+    from thermanopt.analysis.verify import make_claim, verify_report
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(use_cache=False, vocab_size=50, n_positions=16, n_embd=16,
+                                  n_layer=1, n_head=2, n_inner=4096, bos_token_id=0,
+                                  eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    x = (torch.randint(0, 50, (2, 12)),)
+    before = [p.detach().clone() for p in model.parameters()]
+    r = find_symmetries(model, x, verify=False)
+    assert r.n_parameters > 100_000
+    wrong = make_claim("rescale", 4096, [("transformer.h.0.mlp.c_fc.weight", 1, 0),
+                                         ("transformer.h.0.mlp.c_fc.bias", 0, 0),
+                                         ("transformer.h.0.mlp.c_proj.weight", 0, 1)])
+    r.symmetries.insert(1, wrong)
+    verify_report(model, r, jacobian=False)
+    assert "jointly" in r.verification and "float32" in r.verification
+    assert json_verified(r) == [True, False] + [True] * (len(r.symmetries) - 2), r.table()
+    assert r.complete is False and any("verification FAILED" in n for n in r.notes)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_joint_check_compares_function_level_claims_on_the_raw_output():
+    """The softmax translation claimed at *function* level is wrong (the logits move); next
+    to the true loss-level translation of a >1e5-parameter MLP it must still fail: the
+    joint check does not compare function-level claims on the log-softmax."""
+    from thermanopt.analysis.actions import make_action
+    from thermanopt.analysis.symmetries import Symmetry
+    from thermanopt.analysis.verify import verify_report
+
+    torch.manual_seed(0)
+    model = mlp([300, 400, 10])
+    r = find_symmetries(model, torch.randn(8, 300), verify=False)
+    assert r.n_parameters > 100_000 and [s.level for s in kinds(r, "translation")] == ["loss"]
+    wrong = Symmetry("translation", True, "R^401", 401, None, [], size=401,
+                     action=make_action("translation", weight="2.weight", bias="2.bias"))
+    r.symmetries.append(wrong)
+    verify_report(model, r, jacobian=False)
+    assert json_verified(r) == [True] * (len(r.symmetries) - 1) + [False], r.table()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_every_action_kind_composes(dtype, tol):
+    """One composed element of LayerNorm-stream rotations, trades, LayerNorm nulls and
+    shifts, GL maps, rescales, sign flips and permutations (each acting on the parameters
+    the previous ones moved) leaves the function unchanged up to round-off."""
+    from thermanopt.analysis.verify import verify_jointly
+
+    torch.manual_seed(0)
+    model = _SharedLNTransformer(vocab=20, d=24, heads=4)
+    with torch.no_grad():
+        for p in model.parameters():  # off the initial values (gamma = 1, zero biases)
+            p.add_(0.1 * torch.randn_like(p))
+    r = find_symmetries(model, torch.randint(0, 20, (2, 7)), verify=False)
+    syms = [s for s in r.symmetries if not s.approximate and s.level == "function"]
+    assert {s.action.kind for s in syms} >= {"ln_orth", "trade", "ln_null", "ln_shift", "gl",
+                                             "pdiag", "sign", "perm"}
+    for seed in range(2):
+        errors = verify_jointly(model, r, syms, seed=seed, dtype=dtype)
+        assert max(errors.values()) < tol, errors

@@ -31,8 +31,17 @@ class Monomial:
     """A matrix with one non-zero per row: ``M[i, idx[i]] = scale[i]`` (permutations, sign
     flips, positive diagonals) stored without its zeros."""
 
-    def __init__(self, idx: torch.Tensor, scale: torch.Tensor) -> None:
+    def __init__(self, idx: torch.Tensor, scale: torch.Tensor, *, permutes: bool = True,
+                 scales: bool = True) -> None:
         self.idx, self.scale = idx, scale
+        #: ``False`` when known without looking at the values: ``idx`` is the identity
+        #: (diagonals), ``scale`` is all ones (permutations); the work is then skipped
+        self.permutes, self.scales = permutes, scales
+
+    def parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(idx, scale)`` for :func:`apply_monomial`, ``None`` for a part known to be the
+        identity."""
+        return (self.idx if self.permutes else None), (self.scale if self.scales else None)
 
     def dense(self) -> torch.Tensor:
         """The ``n x n`` matrix."""
@@ -65,7 +74,7 @@ def random_monomial(kind: str, n: int, gen: torch.Generator) -> Monomial:
         scale = scale * math.exp(0.5 * torch.randn(1, generator=gen, dtype=torch.float64).item())
     else:
         raise ValueError(f"{kind} is not a monomial group")
-    return Monomial(idx, scale)
+    return Monomial(idx, scale, permutes=kind == "perm", scales=kind != "perm")
 
 
 def random_matrix(kind: str, n: int, c: int, gen: torch.Generator) -> torch.Tensor:
@@ -131,27 +140,41 @@ def apply_axis(t: torch.Tensor, shape: list, target: int, copies_at: int | None,
     return te.reshape(t.shape)
 
 
-def apply_monomial(t: torch.Tensor, shape: list, target: int, idx: torch.Tensor,
-                   scale: torch.Tensor) -> torch.Tensor:
+def apply_monomial(t: torch.Tensor, shape: list, target: int, idx: torch.Tensor | None,
+                   scale: torch.Tensor | None) -> torch.Tensor:
     """``M`` with one non-zero per row (``M[i, idx[i]] = scale[i]``: permutations, signs,
     diagonals) applied to axis ``target``: ``y[.., i, ..] = scale[i] t[.., idx[i], ..]``, an
-    index and a product instead of a dense matrix product."""
-    te = t.reshape(shape).index_select(target, idx)
-    view = [1] * len(shape)
-    view[target] = -1
-    return (te * scale.reshape(view)).reshape(t.shape)
+    index and a product instead of a dense matrix product (``idx=None``: the identity
+    permutation, ``scale=None``: unit scales; that step is skipped)."""
+    te = t.reshape(shape)
+    if idx is not None:
+        te = te.index_select(target, idx)
+    if scale is not None:
+        view = [1] * len(shape)
+        view[target] = -1
+        te = te * scale.reshape(view)
+    return te.reshape(t.shape)
+
+
+def _monomial_axis(t: torch.Tensor, shape: list, target: int, idx: torch.Tensor | None,
+                   scale: torch.Tensor | None, inverse_t: bool) -> torch.Tensor:
+    """:func:`apply_monomial` of ``M`` or (``inverse_t``) of ``M^{-T}``, which has the same
+    pattern with the reciprocal values, in ``t``'s dtype and device."""
+    s = None if scale is None else (1.0 / scale if inverse_t else scale).to(t)
+    return apply_monomial(t, shape, target, None if idx is None else idx.to(t.device), s)
 
 
 def _write(params: dict, name: str, index: tuple, value: torch.Tensor, add: bool) -> None:
+    """``params[name]`` (its slice ``index``) set to ``value`` (``add``: plus ``value``) by
+    replacing the entry, never by writing into the tensor: ``params`` may be a shallow copy
+    sharing its tensors with the model (the contract of :meth:`Action.apply`)."""
+    old = params[name]
     if index:
-        if add:
-            params[name][index] += value
-        else:
-            params[name][index] = value
-    elif add:
-        params[name] = params[name] + value
+        new = old.clone()
+        new[index] = old[index] + value if add else value
     else:
-        params[name] = value
+        new = old + value if add else value
+    params[name] = new
 
 
 def _view(params: dict, name: str, index: tuple) -> torch.Tensor:
@@ -243,7 +266,8 @@ class Action:
         return gen
 
     def apply(self, params: dict, ctx: dict, sym: Any, element: Any) -> None:
-        """Transform ``params`` (a private copy) in place by ``element``."""
+        """Transform ``params`` by ``element``: replace its entries (a shallow copy whose
+        tensors may be the model's own), never write into a tensor in place."""
         raise NotImplementedError
 
     def tangents(self, p: dict, ctx: dict, sym: Any, limit: int | None,
@@ -297,7 +321,7 @@ class MapAction(Action):
         ``(A, B)``), so that many actions can share one change of coordinates."""
         mono = isinstance(element, Monomial) or (self.monomial and element.dim() == 2)
         if isinstance(element, Monomial):
-            idx, scale = element.idx, element.scale
+            idx, scale = element.parts()
         elif mono:
             idx = element.abs().argmax(dim=1)
             scale = element.gather(1, idx[:, None]).flatten()
@@ -309,9 +333,8 @@ class MapAction(Action):
             pc = ctx["pieces"][k]
             shape, where, offsets = leaf_positions(ctx, k)
             view = _view(params, pc.name, pc.index)
-            if mono:  # M^{-T} has the same pattern with the reciprocal values
-                s = (1.0 / scale if par else scale).to(view)
-                new = apply_monomial(view, shape, offsets[d] + pos, idx.to(view.device), s)
+            if mono:
+                new = _monomial_axis(view, shape, offsets[d] + pos, idx, scale, par)
             else:
                 copies_at = self._copies_at(ctx, leaf, where, pc.name) \
                     if element.dim() == 3 else None
@@ -746,13 +769,24 @@ class CustomAction(Action):
     kind = "custom"
 
     def random_element(self, sym, gen):
-        return random_matrix(self.data["group"], sym.size, 1, gen)
+        """Permutations, signs and diagonals as a :class:`Monomial` (no ``n x n`` matrix
+        to build and invert), the other groups as a dense matrix."""
+        group = self.data["group"]
+        if group in ("perm", "sign", "pdiag", "homog"):
+            return random_monomial(group, sym.size, gen)
+        return random_matrix(group, sym.size, 1, gen)
 
     def apply(self, params, ctx, sym, element):
+        mono = isinstance(element, Monomial)
+        inv_t = None if mono else torch.linalg.inv(element).T
         for name, dim, par in self.data["axes"]:
-            m = element if par == 0 else torch.linalg.inv(element).T
-            x = torch.movedim(params[name], dim, -1) @ m.T.to(params[name])
-            params[name] = torch.movedim(x, -1, dim)
+            t = params[name]
+            if mono:
+                params[name] = _monomial_axis(t, list(t.shape), dim, *element.parts(),
+                                              bool(par))
+            else:
+                m = inv_t if par else element
+                params[name] = apply_axis(t, list(t.shape), dim, None, m.to(t))
 
 
 ACTIONS: dict[str, type[Action]] = {c.kind: c for c in (
