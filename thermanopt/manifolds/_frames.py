@@ -202,8 +202,8 @@ class BalancedFrames:
         return self.G(self.normal_coords(Ep)) if self.N > 1 else 0.0 * Ep
 
     def project(self, Ep: Array) -> Array:
-        """Tangent projection in frames: horizontal + vertical part."""
-        return self.horizontal(Ep) + self.vertical(Ep)
+        """Tangent projection in frames: E' minus its normal part (= horizontal + vertical)."""
+        return Ep - self.normal(Ep)
 
     def weingarten(self, Up: Array, Gp: Array) -> Array:
         """-(U'_p S_{p-1} - S_p U'_p) in frames, G(S) the normal part of G' (before projection)."""
@@ -240,7 +240,7 @@ def _flip_last_column(Q: Array, flip: Array) -> Array:
     return Q * xp.concat([ones, col], axis=-1)[..., None, :]
 
 
-_SCHULZ_STEPS = 4
+_SCHULZ_STEPS = 3
 
 
 def polar_factor(A: Array) -> Array:
@@ -253,6 +253,7 @@ def polar_factor(A: Array) -> Array:
     takes one more step (residual about eps: X is U V^T to rounding); every other entry
     (ill-conditioned or far from orthogonal A, non-finite iterates) takes U V^T from the SVD
     of A, which is computed for all entries with the converged ones replaced by I (cheap).
+    Entries of A with a NaN or infinite element give NaN.
     """
     xp = namespace(A)
     eye = xp.eye(A.shape[-1], dtype=A.dtype, device=device_of(A))
@@ -263,8 +264,9 @@ def polar_factor(A: Array) -> Array:
         R = _mT(X) @ X - eye
         done = xp.all(xp.abs(R) <= math.sqrt(eps(A)), axis=(-2, -1))
         X = X - 0.5 * (X @ R)
-    g = svd(xp.where(done[..., None, None], eye, A))
-    return xp.where(done[..., None, None], X, g.U @ _mT(g.V))
+    skip = (done | ~xp.isfinite(xp.sum(A, axis=(-2, -1))))[..., None, None]
+    g = svd(xp.where(skip, eye, A))
+    return xp.where(done[..., None, None], X, xp.where(skip, A * math.nan, g.U @ _mT(g.V)))
 
 
 def _det_sign(Q: Array) -> Array:
