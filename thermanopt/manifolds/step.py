@@ -14,8 +14,15 @@ back NaN instead of raising (outside that mode ``retraction`` raises ``ValueErro
 Rescue: a result that is not ``regular`` (non-finite, or a numerically rank-deficient
 end-to-end matrix on a DLN manifold) is retried with v/2, up to ``max_halvings`` times, and
 the step is rejected (x kept) if it still fails. Every point of a batch (leading axes, e.g.
-Langevin chains) is treated on its own. The optimizers, the sampler, ``ThermalRiemannianSGD``
-and the geoopt adapter's ``retr`` all step through this rule.
+Langevin chains) is treated on its own, by masks (``where`` over the batch). The optimizers,
+the sampler, ``ThermalRiemannianSGD`` and the geoopt adapter's ``retr`` all step through this
+rule; :meth:`StepRule.step` applies it to any retraction kernel that returns its own regular
+mask and extra arrays (the balanced sampler's carries the frames of the new points).
+
+Host reads: the counters stay arrays on the device until read. One boolean per call is read
+(does any entry need a halving?): a rule without it would run all ``max_halvings`` retries
+on every call, far dearer than the read, and ``torch.linalg.svd`` synchronises a CUDA device
+with the host anyway (torch documents it), so a DLN step holds that synchronisation already.
 """
 
 from __future__ import annotations
@@ -71,9 +78,8 @@ class StepRule:
         rescues: points whose first retraction was not regular.
         rejected: points kept where they were after ``max_halvings`` halvings.
 
-    Host reads: one per call (whether any entry needs a rescue; a rescue that needs no
-    read would have to run every halving for every call) and one per halving while some
-    entry still fails.
+    Host reads: one per call (whether any entry needs a rescue) and one per halving while
+    some entry still fails (module docstring).
     """
 
     def __init__(self, max_halvings: int = 8) -> None:

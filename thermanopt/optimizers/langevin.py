@@ -32,7 +32,10 @@ width 2, depth 2) because the diffusion in X degenerates where s_min -> 0.
 potential of the balanced chain.
 
 Both run through the one step rule (:class:`~thermanopt.manifolds.step.StepRule`) on the
-balanced manifold; ``log["rescue_rate"]`` reports how often it had to rescue a step.
+balanced manifold; ``log["rescue_rate"]`` reports how often it had to rescue a step. Cost of
+a balanced step: the retraction's SVD of X' = phi(W + V) (its frames are carried to the
+next step's projection, so that needs no SVD), N - 1 polar factors by Newton-Schulz, the
+gradient and the noise; no host read besides the step rule's one flag.
 
 Other manifolds: per-chain loop with ``projection`` and ``retraction`` (correct when the
 metric is the embedded one and the retraction is second order, e.g. spheres).
