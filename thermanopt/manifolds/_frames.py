@@ -87,8 +87,7 @@ class BalancedFrames:
         for p in range(N - 1 if orthogonalize else N):
             A = (W[..., p, :, :] @ Q[-1]) / self.lam[..., None, :]
             if orthogonalize:
-                g = svd(A)
-                A = g.U @ _mT(g.V)
+                A = polar_factor(A)
             Q.append(A)
         if orthogonalize:
             Q.append(f.U)
@@ -296,8 +295,8 @@ def retract_frames(W: Array, V: Array, signs: Array | None = None) -> tuple[Bala
     """Frames of the aligned reprojection R_W(V) and the mask of entries where it exists.
 
     Returns (frames, ok): ``frames.point()`` is R_W(V) (module doc) where ``ok`` (X' finite
-    and of full rank, the point finite); elsewhere the frames are finite garbage. ``signs``
-    are the layer signs sign(det W_p) to keep (default: those of W). No host read.
+    and of full rank); elsewhere the frames are finite garbage. ``signs`` are the layer
+    signs sign(det W_p) to keep (default: those of W). No host read.
     """
     xp = namespace(W, V)
     N = int(W.shape[-3])
@@ -341,7 +340,8 @@ def retract(W: Array, V: Array, signs: Array | None = None) -> Array:
 def retract_checked(
     W: Array, V: Array, signs: Array | None = None
 ) -> tuple[Array, BalancedFrames, Array]:
-    """(R_W(V) with NaN where it does not exist, its frames, the mask ``regular``)."""
+    """(R_W(V) with NaN where it does not exist, its frames, the mask ``regular``): ok of
+    :func:`retract_frames` and a finite point."""
     xp = namespace(W, V)
     fr, ok = retract_frames(W, V, signs)
     out = fr.point()
