@@ -720,3 +720,18 @@ def test_sampler_kernels_make_no_host_synchronisation(monkeypatch):
     monkeypatch.undo()
     assert ok.tolist() == [True, True, True, False]
     assert torch.isnan(R2[3]).all() and torch.isfinite(R2[:3]).all()
+
+
+def test_projection_with_frames_rejects_bad_frames():
+    M = BalancedManifold(3, 2, backend="torch")
+    W = M.random_point(0)
+    Q, s = M.frame_data(W)
+    E = torch.ones_like(W)
+    with pytest.raises(ValueError, match="pair"):
+        M.projection(W, E, frames=Q)
+    with pytest.raises(ValueError, match="frames Q has shape"):
+        M.projection(W, E, frames=(Q[1:], s))
+    with pytest.raises(ValueError, match="frames s has shape"):
+        M.projection(W, E, frames=(Q, s[None]))
+    with pytest.raises(ValueError, match="dtype"):
+        M.projection(W, E, frames=(Q.float(), s))

@@ -325,8 +325,21 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
         if frames is None:
             return self._in_frames(point, vector, BalancedFrames.project, "vector")
         self._check_values(point, ("vector", vector))
-        fr = BalancedFrames.from_frames(*frames)
+        fr = BalancedFrames.from_frames(*self._check_frames(point, frames))
         return fr.from_frame(fr.project(fr.to_frame(vector)))
+
+    def _check_frames(self, point: Array, frames: Any) -> tuple[Array, Array]:
+        """``frames`` must be (Q, s) like ``point``: (..., N+1, d, d) and (..., d)."""
+        batch, d, N = tuple(point.shape[:-3]), self.width, self.depth
+        want = (batch + (N + 1, d, d), batch + (d,))
+        if not isinstance(frames, tuple) or len(frames) != 2:
+            raise ValueError(f"frames must be a pair (Q, s), got {type(frames).__name__}")
+        for name, a, shape in zip(("frames Q", "frames s"), frames, want):
+            check_real_float(a, name)
+            check_compatible(point, a, names=("point", name))
+            if tuple(a.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {shape}")
+        return frames
 
     # ------------------------------------------------------------ frames carried by samplers
     def frame_data(self, point: Array) -> tuple[Array, Array]:
