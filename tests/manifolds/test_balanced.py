@@ -584,3 +584,154 @@ def test_fit_slope_helper_sanity():
     ts = np.logspace(-3, 0, 20)
     assert abs(fit_slope(ts, ts**3, 1e-300)[0] - 3) < 1e-9
     assert math.isfinite(fit_slope(ts, ts**2, 1e-300)[0])
+
+
+# ---------------------------------------------------------------- the sampler's kernels
+
+
+def reference_aligned_reprojection(W, V):
+    """The aligned reprojection of the module doc of ``_frames``, literally (NumPy, one point).
+
+    SVD of X' = phi(W + V) (reflected on a sign change of det), frames Q_p = polar by
+    scipy.linalg.polar, flipped to keep sign det W_p, then one Gauss-Newton step along the
+    fibre: the vertical part of Y - W~ is a dense least-squares fit by the orbit generators
+    Om_p W~_p - W~_p Om_{p-1}, and the frames move by Q_p <- cay(Om_p) Q_p.
+    """
+    N, d = W.shape[0], W.shape[1]
+    signs = [np.sign(np.linalg.det(Wp)) for Wp in W]
+    Y = W + V
+    U, s, Vt = np.linalg.svd(literal_phi(Y))
+    Vm = Vt.T.copy()
+    if np.sign(np.linalg.det(U) * np.linalg.det(Vm)) != np.prod(signs):
+        Vm[:, -1] *= -1
+    lam = s ** (1.0 / N)
+    Q = [Vm]
+    for p in range(N - 1):
+        P = scipy.linalg.polar(Y[p] @ Q[-1] / lam)[0]
+        if np.sign(np.linalg.det(P)) != signs[p] * np.sign(np.linalg.det(Q[-1])):
+            P[:, -1] *= -1
+        Q.append(P)
+    Q.append(U)
+
+    def point(Q):
+        return np.stack([Q[p + 1] @ np.diag(lam) @ Q[p].T for p in range(N)])
+
+    Wt = point(Q)
+    basis = skew_basis(d, N - 1)
+    if basis:
+        pad = np.zeros((1, d, d))
+        gens = []
+        for Om in basis:
+            Op = np.concatenate([pad, Om, pad])
+            gens.append((Op[1:] @ Wt - Wt @ Op[:-1]).ravel())
+        c = np.linalg.lstsq(np.stack(gens, axis=1), (Y - Wt).ravel(), rcond=None)[0]
+        Om = sum(ci * b for ci, b in zip(c, basis))
+        eye = np.eye(d)
+        for p in range(N - 1):
+            Q[p + 1] = np.linalg.solve(eye - 0.5 * Om[p], eye + 0.5 * Om[p]) @ Q[p + 1]
+    return point(Q)
+
+
+@pytest.mark.parametrize("d,N", [(2, 2), (3, 3), (4, 2), (3, 4), (2, 1)])
+def test_retraction_equals_literal_aligned_reprojection(d, N):
+    """Small steps (Newton-Schulz polar factors), large ones (their SVD fallback) and a step
+    that changes sign det X' (reflection): the kernel is the maths of the module doc."""
+    M = BalancedManifold(d, N)
+    for seed, t in [(0, 1e-3), (1, 0.05), (2, 0.6), (3, 2.5)]:
+        W = M.random_point(seed)
+        V = M.random_tangent_vector(W, seed + 10) * t
+        got = M.retraction(W, V)
+        want = reference_aligned_reprojection(W, V)
+        assert np.abs(got - want).max() < 1e-10 * max(1.0, np.abs(want).max()), (seed, t)
+    W = M.random_point(5)
+    V = -1.5 * M.projection(W, W)  # phi(W + V) has the opposite determinant sign for odd N
+    got, want = M.retraction(W, V), reference_aligned_reprojection(W, V)
+    assert np.abs(got - want).max() < 1e-10 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_polar_factor_against_scipy_on_both_paths(dtype):
+    """Near-orthogonal entries (Newton-Schulz), far or ill-conditioned ones and a NaN entry
+    (the SVD fallback) in one batch: each is U V^T of its own SVD to rounding."""
+    from thermanopt.manifolds._frames import polar_factor
+
+    rng = np.random.default_rng(0)
+    d = 5
+    Q = np.stack([scipy.linalg.qr(rng.standard_normal((d, d)))[0] for _ in range(6)])
+    H = [np.eye(d) + 0.02 * (lambda a: a + a.T)(rng.standard_normal((d, d))) for _ in range(3)]
+    H += [np.diag([3.0, 1.0, 1.0, 1.0, 0.5]), np.diag([1.0, 1.0, 1.0, 1.0, 1e-3])]
+    A = np.concatenate([Q[:5] @ np.stack(H), np.full((1, d, d), np.nan)])
+    out = polar_factor(torch.as_tensor(A, dtype=getattr(torch, dtype))).double().numpy()
+    tol = 50 * d * float(np.finfo(dtype).eps)
+    sensitivity = [1, 1, 1, 2, 1e3]  # 1 / min_ij (s_i + s_j) / 2 of the polar factor
+    for a, q, c in zip(A[:5], out[:5], sensitivity):
+        a32 = a.astype(dtype).astype(np.float64)  # the input as the kernel sees it
+        assert np.abs(q - scipy.linalg.polar(a32)[0]).max() < c * tol
+    assert np.isnan(out[5]).all()
+
+
+def test_retraction_with_frames_returns_the_frames_and_the_regular_mask():
+    """Q and s of the result rebuild it literally, phi of it has singular values s, the
+    projection with carried frames equals the dense projection, and a step onto the
+    rank-deficient set is masked (NaN point, ok False) instead of raising."""
+    d, N = 3, 3
+    M = BalancedManifold(d, N, backend="torch")
+    W = torch.stack([M.random_point(i) for i in range(3)])
+    xi = torch.randn(W.shape, generator=torch.Generator().manual_seed(1), dtype=W.dtype)
+    V = M.projection(W, 0.3 * xi)
+    V[2] = -W[2]  # X' = 0
+    ok, R, Q, s = M.retraction_with_frames(W, V)
+    assert ok.tolist() == [True, True, False] and torch.isnan(R[2]).all()
+    with M.unchecked():
+        assert torch.allclose(R[:2], M.retraction(W, V)[:2], rtol=0, atol=0)
+    for i in range(2):
+        Rn, Qn, sn = R[i].numpy(), Q[i].numpy(), s[i].numpy()
+        lam = sn ** (1.0 / N)
+        literal = np.stack([Qn[p + 1] @ np.diag(lam) @ Qn[p].T for p in range(N)])
+        assert np.abs(literal - Rn).max() < 1e-12
+        assert np.abs(np.linalg.svd(literal_phi(Rn), compute_uv=False) - sn).max() < 1e-12
+        E = np.random.default_rng(i).standard_normal(Rn.shape)
+        carried = M.projection(R[i], torch.as_tensor(E), frames=(Q[i], s[i])).numpy()
+        want = dense_projection(Rn, E)
+        assert np.abs(carried - want).max() < 1e-10
+    Qf, sf = M.frame_data(R[:2])
+    assert torch.allclose(sf, s[:2], rtol=1e-12, atol=0)
+    assert M.layer_signs(R[:2]).tolist() == M.layer_signs(W[:2]).tolist()
+
+
+def test_sampler_kernels_make_no_host_synchronisation(monkeypatch):
+    """Projection with carried frames and the retraction kernel (also through the unchecked
+    ``retraction``, rank-deficient entries included) never turn a tensor into a number."""
+    M = BalancedManifold(4, 3, backend="torch", validate=False)
+    W = torch.stack([M.random_point(i) for i in range(4)])
+    E = torch.randn(W.shape, generator=torch.Generator().manual_seed(0), dtype=W.dtype)
+    frames, signs = M.frame_data(W), M.layer_signs(W)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronisation in a sampler kernel")
+
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    V = M.projection(W, E, frames=frames)
+    V = torch.cat([V[:3], -W[3:]])  # the last step lands on X' = 0
+    ok, R, Q, s = M.retraction_with_frames(W, V, signs)
+    with M.unchecked():
+        R2 = M.retraction(W, V)
+    monkeypatch.undo()
+    assert ok.tolist() == [True, True, True, False]
+    assert torch.isnan(R2[3]).all() and torch.isfinite(R2[:3]).all()
+
+
+def test_projection_with_frames_rejects_bad_frames():
+    M = BalancedManifold(3, 2, backend="torch")
+    W = M.random_point(0)
+    Q, s = M.frame_data(W)
+    E = torch.ones_like(W)
+    with pytest.raises(ValueError, match="pair"):
+        M.projection(W, E, frames=Q)
+    with pytest.raises(ValueError, match="frames Q has shape"):
+        M.projection(W, E, frames=(Q[1:], s))
+    with pytest.raises(ValueError, match="frames s has shape"):
+        M.projection(W, E, frames=(Q, s[None]))
+    with pytest.raises(ValueError, match="dtype"):
+        M.projection(W, E, frames=(Q.float(), s))

@@ -386,13 +386,23 @@ def fine_step_runs():
     h, steps, chains = 0.0025, 800, 1200
     q = RiemannianLangevin(1.0, h)
     xq = q.sample(
-        _quotient_problem(2), _gaussian_start(chains), steps, n_chains=chains, thin=20,
-        generator=21, batched_cost=True,
+        _quotient_problem(2),
+        _gaussian_start(chains),
+        steps,
+        n_chains=chains,
+        thin=20,
+        generator=21,
+        batched_cost=True,
     )
     b = RiemannianLangevin(1.0, h)
     xb = b.sample(
-        _balanced_problem(3), balanced_from(_gaussian_start(chains), None, 3), steps,
-        n_chains=chains, thin=20, generator=22, batched_cost=True,
+        _balanced_problem(3),
+        balanced_from(_gaussian_start(chains), None, 3),
+        steps,
+        n_chains=chains,
+        thin=20,
+        generator=22,
+        batched_cost=True,
     )
     return {"quotient": (q.log, xq, 2), "balanced": (b.log, end_to_end(xb), 3), "chains": chains}
 
@@ -463,3 +473,67 @@ def test_chains_reaching_rank_deficiency_are_rescued_not_fatal():
     assert bool(torch.isfinite(Ws).all())
     for w in Ws.reshape(-1, 3, 2, 2)[:200]:
         assert M.is_on_manifold(w)
+
+
+# ----------------------------------------------------------------------------- the step rule
+
+
+def test_step_rule_rescues_by_halving_per_chain_with_counters_on_the_device():
+    """A chain whose step lands on the rank-deficient set takes its first regular halving
+    (here v = -W: R_W(v/2) = W/2), the others their full step; the counters
+    stay tensors until read; frames of the result come back with it."""
+    from thermanopt.manifolds.step import StepRule
+
+    M = BalancedManifold(3, 2, backend="torch")
+    W = torch.stack([M.random_point(i) for i in range(3)])
+    xi = torch.randn(W.shape, generator=torch.Generator().manual_seed(0), dtype=W.dtype)
+    V = M.projection(W, 0.1 * xi)
+    V[1] = -W[1]  # W + V = 0: X' = 0
+    Q, s = M.frame_data(W)
+    rule = StepRule(max_halvings=3)
+    out, Qo, so = rule.step(lambda u: M.retraction_with_frames(W, u), V, (W, Q, s))
+    assert torch.is_tensor(rule._rescues) and rule.rescues == 1 and rule.rejected == 0
+    assert rule.steps == 3 and abs(rule.rescue_rate - 1 / 3) < 1e-15
+    with M.unchecked():
+        full, half = M.retraction(W, V), M.retraction(W, 0.5 * V)
+    assert torch.equal(out[[0, 2]], full[[0, 2]]) and torch.equal(out[1], half[1])
+    assert torch.allclose(out[1], 0.5 * W[1], rtol=0, atol=1e-12)  # W + v/2 = W/2, balanced
+    _, _, Qh, sh = M.retraction_with_frames(W, 0.5 * V)
+    assert torch.equal(so[1], sh[1]) and torch.equal(Qo[1], Qh[1])
+    # a step that no halving rescues: the chain and its frames are kept, counted once
+    rule = StepRule(max_halvings=2)
+
+    def never(u):
+        ok, R, Qr, sr = M.retraction_with_frames(W, u)
+        return ok & torch.tensor([True, False, True]), R, Qr, sr
+
+    out, Qo, so = rule.step(never, V, (W, Q, s))
+    assert rule.rescues == 1 and rule.rejected == 1
+    assert torch.equal(out[1], W[1]) and torch.equal(Qo[1], Q[1]) and torch.equal(so[1], s[1])
+
+
+def test_balanced_chain_with_carried_frames_matches_stepping_from_scratch():
+    """The sampler's balanced chain (frames carried from each retraction to the next
+    projection) equals, chain-step by chain-step, the same walk computed with the public
+    projection (which takes an SVD of phi(W)) and retraction from the same noise."""
+    import thermanopt.function
+
+    M = BalancedManifold(3, 3, backend="torch")
+
+    @thermanopt.function.torch(M)
+    def cost(W):
+        return 0.5 * (end_to_end(W) ** 2).sum()
+
+    pr = pymanopt.Problem(M, cost)
+    W0 = torch.stack([M.random_point(i) for i in range(4)])
+    h, T, steps = 0.01, 0.5, 6
+    sampler = RiemannianLangevin(T, h)
+    Ws = sampler.sample(pr, W0, steps, n_chains=4, generator=3, batched_cost=True)
+    gen = torch.Generator().manual_seed(3)
+    W = W0
+    for k in range(steps):
+        E = -h * pr.euclidean_gradient(W)
+        E = E + (2 * T * h) ** 0.5 * torch.randn(W.shape, generator=gen, dtype=W.dtype)
+        with M.unchecked():
+            W = M.retraction(W, M.projection(W, E))
+        assert torch.allclose(Ws[k], W, rtol=0, atol=1e-11), k

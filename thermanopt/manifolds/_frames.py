@@ -41,15 +41,21 @@ import math
 from functools import cached_property
 from typing import Any
 
-from .._backend import device_of, einsum, eps, namespace, to_float
+from .._backend import device_of, einsum, eps, namespace, quiet_overflow
 from .._backend import matrix_transpose as _mT
 from ._svd import SVD, log_K, svd
-from .dln import balanced_from, end_to_end
+from .dln import end_to_end
 
 Array = Any
 
-__all__ = ["BalancedFrames", "retract", "layer_signs"]
-
+__all__ = [
+    "BalancedFrames",
+    "retract",
+    "retract_checked",
+    "retract_frames",
+    "layer_signs",
+    "polar_factor",
+]
 
 
 def _arange(xp, n: int, like: Array) -> Array:
@@ -81,8 +87,7 @@ class BalancedFrames:
         for p in range(N - 1 if orthogonalize else N):
             A = (W[..., p, :, :] @ Q[-1]) / self.lam[..., None, :]
             if orthogonalize:
-                g = svd(A)
-                A = g.U @ _mT(g.V)
+                A = polar_factor(A)
             Q.append(A)
         if orthogonalize:
             Q.append(f.U)
@@ -143,10 +148,8 @@ class BalancedFrames:
         return self.Q[..., 1:, :, :] @ Ep @ _mT(self.Q[..., :-1, :, :])
 
     def point(self) -> Array:
-        """The balanced stack Q_p L Q_{p-1}^T."""
-        xp = namespace(self.Q)
-        eye = xp.eye(self.Q.shape[-1], dtype=self.Q.dtype, device=device_of(self.Q))
-        return self.from_frame(self.lam[..., None, None, :] * eye)
+        """The balanced stack Q_p L Q_{p-1}^T (one batched product)."""
+        return (self.Q[..., 1:, :, :] * self.lam[..., None, None, :]) @ _mT(self.Q[..., :-1, :, :])
 
     # the three orthogonal pieces ----------------------------------------
     def dphi(self, Ep: Array) -> Array:
@@ -164,10 +167,10 @@ class BalancedFrames:
     def G(self, A: Array) -> Array:
         """G(A)_p = L A_{p-1} - A_p L, p = 1..N, for A of shape (..., N-1, d, d)."""
         xp = namespace(A)
-        z = xp.zeros_like(A[..., :1, :, :])
-        Apad = xp.concat([z, A, z], axis=-3)
         li, lj = self.lam[..., None, :, None], self.lam[..., None, None, :]
-        return li * Apad[..., :-1, :, :] - Apad[..., 1:, :, :] * lj
+        LA, AL = li * A, A * lj  # A_0 = A_N = 0: the first layer is -A_1 L, the last L A_{N-1}
+        inner = LA[..., :-1, :, :] - AL[..., 1:, :, :]
+        return xp.concat([-AL[..., :1, :, :], inner, LA[..., -1:, :, :]], axis=-3)
 
     def GT(self, Ep: Array) -> Array:
         """G^T(E')_p = L E'_{p+1} - E'_p L, p = 1..N-1."""
@@ -198,8 +201,8 @@ class BalancedFrames:
         return self.G(self.normal_coords(Ep)) if self.N > 1 else 0.0 * Ep
 
     def project(self, Ep: Array) -> Array:
-        """Tangent projection in frames: horizontal + vertical part."""
-        return self.horizontal(Ep) + self.vertical(Ep)
+        """Tangent projection in frames: E' minus its normal part (= horizontal + vertical)."""
+        return Ep - self.normal(Ep)
 
     def weingarten(self, Up: Array, Gp: Array) -> Array:
         """-(U'_p S_{p-1} - S_p U'_p) in frames, G(S) the normal part of G' (before projection)."""
@@ -220,10 +223,11 @@ def layer_signs(W: Array) -> Array:
 
 
 def _cayley(A: Array) -> Array:
-    """cay(A) = (I - A/2)^{-1} (I + A/2): orthogonal for skew A, = expm(A) + O(|A|^3)."""
+    """cay(A) = (I - A/2)^{-1} (I + A/2) = 2 (I - A/2)^{-1} - I: orthogonal for skew A,
+    = expm(A) + O(|A|^3) (I - A/2 is normal with singular values >= 1: one inverse)."""
     xp = namespace(A)
     eye = xp.eye(A.shape[-1], dtype=A.dtype, device=device_of(A))
-    return xp.linalg.solve(eye - 0.5 * A, eye + 0.5 * A)
+    return 2.0 * xp.linalg.inv(eye - 0.5 * A) - eye
 
 
 def _flip_last_column(Q: Array, flip: Array) -> Array:
@@ -235,49 +239,111 @@ def _flip_last_column(Q: Array, flip: Array) -> Array:
     return Q * xp.concat([ones, col], axis=-1)[..., None, :]
 
 
-def retract(W: Array, V: Array, signs: Array | None = None) -> Array:
-    """Aligned reprojection R_W(V), batched: second order, defined for every V (module doc).
+_SCHULZ_STEPS = 3
 
-    ``signs`` are the layer signs sign(det W_p) to keep (default: those of W). Points whose
-    X' = phi(W + V) is rank deficient or non-finite come back non-finite or rank deficient;
-    the caller's rescue rule deals with them.
+
+def polar_factor(A: Array) -> Array:
+    """Orthogonal polar factor U V^T of A = U diag(s) V^T, batched, without a host read.
+
+    Newton-Schulz: X_0 = A, X_{k+1} = X_k (3 I - X_k^T X_k) / 2 = U f_k(s) V^T with
+    1 - f_{k+1} = (3/2) (1 - f_k)^2 + O((1 - f_k)^3), so it keeps the polar factor of A and
+    converges quadratically when every s_i is near 1 (matrix products only). After
+    ``_SCHULZ_STEPS`` steps an entry whose residual max |X^T X - I| is below sqrt(eps)
+    takes one more step (residual about eps: X is U V^T to rounding); every other entry
+    (ill-conditioned or far from orthogonal A, non-finite iterates) takes U V^T from the SVD
+    of A, which is computed for all entries with the converged ones replaced by I (cheap).
+    Entries of A with a NaN or infinite element give NaN.
     """
-    xp = namespace(W, V)
-    N = int(W.shape[-3])
-    if signs is None:
-        signs = layer_signs(W)
-    Y = W + V
-    Xn = end_to_end(Y)
-    # overflow, or a (numerically) rank-deficient X': no frames exist there; compute at W
-    # instead and mark the entry NaN below, for the caller's rescue rule
-    finite = xp.all(xp.isfinite(Xn), axis=(-2, -1))
-    f = svd(xp.where(finite[..., None, None], Xn, end_to_end(W)))
-    finite = finite & (f.s[..., -1] > 100 * f.s.shape[-1] * eps(Xn) * f.s[..., 0])
-    if not bool(to_float(xp.all(finite))):
-        f = svd(xp.where(finite[..., None, None], Xn, end_to_end(W)))
-    Y = xp.where(finite[..., None, None, None], Y, W)
-    total = xp.prod(signs, axis=-1)
-    det_sign, _ = xp.linalg.slogdet(f.U @ _mT(f.V))
-    # det X' = det U det V prod s: reflect the smallest singular direction on a sign change
-    Vf = _flip_last_column(f.V, det_sign != total)
-    lam = xp.exp(xp.log(f.s) / N)
-    Q = [Vf]
-    for p in range(N - 1):
-        g = svd((Y[..., p, :, :] @ Q[-1]) / lam[..., None, :])
-        Qp = g.U @ _mT(g.V)
-        want = signs[..., p] * _det_sign(Q[-1])  # det W_p = det Q_p det Q_{p-1}
-        Q.append(_flip_last_column(Qp, _det_sign(Qp) != want))
-    Q.append(f.U)
-    fr = BalancedFrames.from_frames(xp.stack(Q, axis=-3), f.s)
-    if N > 1:
-        A = fr.vertical_coords(fr.to_frame(Y - fr.point()))
-        inner = fr.Q[..., 1:-1, :, :] @ _cayley(-A)
-        out = balanced_from(SVD(f.U, f.s, Vf), inner, N)
-    else:
-        out = fr.point()
-    return xp.where(finite[..., None, None, None], out, xp.full_like(out, math.nan))
+    xp = namespace(A)
+    eye = xp.eye(A.shape[-1], dtype=A.dtype, device=device_of(A))
+    X = A
+    with quiet_overflow():  # diverging entries (s_i > sqrt 3) go to the SVD below
+        for _ in range(_SCHULZ_STEPS):
+            X = X @ (1.5 * eye - 0.5 * (_mT(X) @ X))
+        R = _mT(X) @ X - eye
+        done = xp.all(xp.abs(R) <= math.sqrt(eps(A)), axis=(-2, -1))
+        X = X - 0.5 * (X @ R)
+    skip = (done | ~xp.isfinite(xp.sum(A, axis=(-2, -1))))[..., None, None]
+    g = svd(xp.where(skip, eye, A))
+    return xp.where(done[..., None, None], X, xp.where(skip, A * math.nan, g.U @ _mT(g.V)))
 
 
 def _det_sign(Q: Array) -> Array:
     sign, _ = namespace(Q).linalg.slogdet(Q)
     return sign
+
+
+def _safe_svd(W: Array, Y: Array) -> tuple[SVD, Array, Array]:
+    """(SVD of X' = phi(Y), ok, Y) with the entries that are not ``ok`` made harmless.
+
+    ok: X' finite and of full rank (s_min > 100 d eps s_max, the test of ``regular``). An
+    entry that is not ok gets s = 1 (and the SVD of I where X' overflows) and Y = W, so that
+    the kernel stays finite there without a host read; the caller marks it. A sum is finite
+    only if every term is (an overflowing sum of finite terms counts as an overflow).
+    """
+    xp = namespace(W, Y)
+    Xn = end_to_end(Y)
+    finite = xp.isfinite(xp.sum(Xn, axis=(-2, -1)))
+    eye = xp.eye(Xn.shape[-1], dtype=Xn.dtype, device=device_of(Xn))
+    f = svd(xp.where(finite[..., None, None], Xn, eye))
+    ok = finite & (f.s[..., -1] > 100 * f.s.shape[-1] * eps(Xn) * f.s[..., 0])
+    s = xp.where(ok[..., None], f.s, xp.ones_like(f.s))
+    return SVD(f.U, s, f.V), ok, xp.where(ok[..., None, None, None], Y, W)
+
+
+def retract_frames(W: Array, V: Array, signs: Array | None = None) -> tuple[BalancedFrames, Array]:
+    """Frames of the aligned reprojection R_W(V) and the mask of entries where it exists.
+
+    Returns (frames, ok): ``frames.point()`` is R_W(V) (module doc) where ``ok`` (X' finite
+    and of full rank); elsewhere the frames are finite garbage. ``signs`` are the layer
+    signs sign(det W_p) to keep (default: those of W). No host read.
+    """
+    xp = namespace(W, V)
+    N = int(W.shape[-3])
+    if signs is None:
+        signs = layer_signs(W)
+    f, ok, Y = _safe_svd(W, W + V)
+    # det X' = det U det V prod s: reflect the smallest singular direction on a sign change
+    det_v = _det_sign(f.V)
+    flip = det_v * _det_sign(f.U) != xp.prod(signs, axis=-1)
+    Vf = _flip_last_column(f.V, flip)
+    lam = xp.exp(xp.log(f.s) / N)
+    Q, det_prev = [Vf], xp.where(flip, -det_v, det_v)
+    for p in range(N - 1):
+        Qp = polar_factor((Y[..., p, :, :] @ Q[-1]) / lam[..., None, :])
+        want = signs[..., p] * det_prev  # det W_p = det Q_p det Q_{p-1}
+        Q.append(_flip_last_column(Qp, _det_sign(Qp) != want))
+        det_prev = want
+    Q.append(f.U)
+    fr = BalancedFrames.from_frames(xp.stack(Q, axis=-3), f.s)
+    if N > 1:
+        # vertical part of Y - W~ in frames: G^T kills the frame image L of W~ exactly
+        A = fr.vertical_coords(fr.to_frame(Y))
+        inner = fr.Q[..., 1:-1, :, :] @ _cayley(-A)
+        fr = BalancedFrames.from_frames(
+            xp.concat([Vf[..., None, :, :], inner, f.U[..., None, :, :]], axis=-3), f.s
+        )
+    return fr, ok
+
+
+def retract(W: Array, V: Array, signs: Array | None = None) -> Array:
+    """Aligned reprojection R_W(V), batched: second order, defined for every V (module doc).
+
+    ``signs`` are the layer signs sign(det W_p) to keep (default: those of W). Points whose
+    X' = phi(W + V) is rank deficient or non-finite come back NaN; the caller's rescue rule
+    deals with them.
+    """
+    out, _, _ = retract_checked(W, V, signs)
+    return out
+
+
+def retract_checked(
+    W: Array, V: Array, signs: Array | None = None
+) -> tuple[Array, BalancedFrames, Array]:
+    """(R_W(V) with NaN where it does not exist, its frames, the mask ``regular``): ok of
+    :func:`retract_frames` and a finite point."""
+    xp = namespace(W, V)
+    fr, ok = retract_frames(W, V, signs)
+    out = fr.point()
+    ok = ok & xp.isfinite(xp.sum(out, axis=(-3, -2, -1)))
+    return xp.where(ok[..., None, None, None], out, xp.full_like(out, math.nan)), fr, ok

@@ -37,10 +37,11 @@ from .._backend import (
     eps,
     expm,
     namespace,
+    quiet_overflow,
     to_float,
 )
 from .._backend import matrix_transpose as _mT
-from ._frames import BalancedFrames, retract
+from ._frames import BalancedFrames, layer_signs, retract, retract_checked
 from ._svd import SVD, svd
 from .base import DLNManifold
 from .dln import (
@@ -311,13 +312,61 @@ class BalancedManifold(DLNManifold, RiemannianSubmanifold):
         xp = namespace(tangent_vector_a, tangent_vector_b)
         return xp.sum(tangent_vector_a * tangent_vector_b, axis=(-3, -2, -1))
 
-    def projection(self, point: Array, vector: Array) -> Array:
-        """Exact orthogonal projection onto T_W M: lift(dphi(E)) + vertical part of E."""
+    def projection(self, point: Array, vector: Array, frames: Any = None) -> Array:
+        """Exact orthogonal projection onto T_W M: lift(dphi(E)) + vertical part of E.
+
+        ``frames``: the (Q, s) of ``point`` from :meth:`frame_data` or
+        :meth:`retraction_with_frames` (skips the SVD of phi(W)).
+        """
         self._check_pair(point, vector, "vector")
         if self.depth == 1:
             self._check_step_start(point, vector)
             return vector * 1
-        return self._in_frames(point, vector, BalancedFrames.project, "vector")
+        if frames is None:
+            return self._in_frames(point, vector, BalancedFrames.project, "vector")
+        self._check_values(point, ("vector", vector))
+        fr = BalancedFrames.from_frames(*self._check_frames(point, frames))
+        return fr.from_frame(fr.project(fr.to_frame(vector)))
+
+    def _check_frames(self, point: Array, frames: Any) -> tuple[Array, Array]:
+        """``frames`` must be (Q, s) like ``point``: (..., N+1, d, d) and (..., d)."""
+        batch, d, N = tuple(point.shape[:-3]), self.width, self.depth
+        want = (batch + (N + 1, d, d), batch + (d,))
+        if not isinstance(frames, tuple) or len(frames) != 2:
+            raise ValueError(f"frames must be a pair (Q, s), got {type(frames).__name__}")
+        for name, a, shape in zip(("frames Q", "frames s"), frames, want):
+            check_real_float(a, name)
+            check_compatible(point, a, names=("point", name))
+            if tuple(a.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {shape}")
+        return frames
+
+    # ------------------------------------------------------------ frames carried by samplers
+    def frame_data(self, point: Array) -> tuple[Array, Array]:
+        """(Q, s): frames Q_0..Q_N (..., N+1, d, d) and singular values of phi(W) (one SVD)."""
+        self._check_shape(point, "point", batched=True)
+        fr = self._frames_of(point)
+        return fr.Q, fr.s
+
+    def layer_signs(self, point: Array) -> Array:
+        """sign(det W_p), shape (..., N): constant on each of the 2^N components."""
+        self._check_shape(point, "point", batched=True)
+        return layer_signs(point)
+
+    def retraction_with_frames(
+        self, point: Array, tangent_vector: Array, signs: Array | None = None
+    ) -> tuple[Array, Array, Array, Array]:
+        """(ok, R_W(V), Q, s): the retraction's kernel for step rules that carry frames.
+
+        ``ok`` masks the batch entries where the step exists (X' finite and of full rank,
+        the point finite; NaN points elsewhere), Q and s are the frames of the result
+        (:meth:`frame_data`); ``signs`` the layer signs of W (:meth:`layer_signs`, computed
+        when None). No value checks and no host read (the step rule's mode).
+        """
+        self._check_pair(point, tangent_vector, "tangent_vector")
+        with quiet_overflow():
+            out, fr, ok = retract_checked(point, tangent_vector, signs)
+        return ok, out, fr.Q, fr.s
 
     def euclidean_to_riemannian_hessian(
         self,

@@ -32,7 +32,10 @@ width 2, depth 2) because the diffusion in X degenerates where s_min -> 0.
 potential of the balanced chain.
 
 Both run through the one step rule (:class:`~thermanopt.manifolds.step.StepRule`) on the
-balanced manifold; ``log["rescue_rate"]`` reports how often it had to rescue a step.
+balanced manifold; ``log["rescue_rate"]`` reports how often it had to rescue a step. Cost of
+a balanced step: the retraction's SVD of X' = phi(W + V) (its frames are carried to the
+next step's projection, so that needs no SVD), N - 1 polar factors by Newton-Schulz, the
+gradient and the noise; no host read besides the step rule's one flag.
 
 Other manifolds: per-chain loop with ``projection`` and ``retraction`` (correct when the
 metric is the embedded one and the retraction is second order, e.g. spheres).
@@ -230,9 +233,7 @@ class RiemannianLangevin:
         grad = _BatchGradient(problem, batched_cost, X)
         rule = StepRule(self.max_halvings)
         if isinstance(manifold, DLNManifold):
-
-            def step(manifold, X, G, gen, rule):
-                return self._bundle_step(manifold, X, G, gen, rule, total)
+            step = _BundleStep(self, total)
         else:
             step = self._generic_step
         entropy = self._entropy_drift(manifold)
@@ -304,15 +305,6 @@ class RiemannianLangevin:
         model = EntropyModel(manifold)
         return lambda X: weight * model.euclidean_gradient(X)
 
-    def _bundle_step(self, manifold: Any, X: Array, G: Array, gen: Any, rule: StepRule, total: Any):
-        """The balanced step from the balanced stacks over X, mapped back (module doc)."""
-        h, T = self.step_size, self.temperature
-        W = manifold.to_balanced(X)
-        E = (-h) * manifold.pull_back(W, G)
-        if T > 0:
-            E = E + math.sqrt(2.0 * T * h) * random_normal(tuple(W.shape), spec_of(W), gen)
-        return manifold.from_balanced(rule(total, W, total.projection(W, E)))
-
     def _generic_step(self, manifold: Any, X: Array, G: Array, gen: Any, rule: StepRule):
         h, T = self.step_size, self.temperature
         xp = namespace(X)
@@ -323,3 +315,38 @@ class RiemannianLangevin:
                 v = v + math.sqrt(2.0 * T * h) * tangent_noise(manifold, X[i], gen)
             out.append(rule(manifold, X[i], v))
         return xp.stack(out, axis=0)
+
+
+class _BundleStep:
+    """The balanced step from the balanced stacks over the chains' points (module doc).
+
+    On the balanced manifold itself (``total_space is manifold``) the chain carries the
+    frames (Q, s) and layer signs of its points: the retraction returns the frames of the
+    point it makes, so the projection of the next step needs no SVD of phi(W), and the
+    signs are constant along a chain. On the quotient each step starts from the balanced
+    lift of X.
+    """
+
+    def __init__(self, sampler: RiemannianLangevin, total: Any) -> None:
+        self.sampler, self.total = sampler, total
+        self._frames: tuple[Array, Array] | None = None
+        self._signs: Array | None = None
+
+    def __call__(self, manifold: Any, X: Array, G: Array, gen: Any, rule: StepRule) -> Array:
+        h, T, total = self.sampler.step_size, self.sampler.temperature, self.total
+        W = manifold.to_balanced(X)
+        carry = manifold is total
+        frames = self._frames if carry and self._frames is not None else total.frame_data(W)
+        signs = self._signs if carry and self._signs is not None else total.layer_signs(W)
+        E = (-h) * manifold.pull_back(W, G)
+        if T > 0:
+            E = E + math.sqrt(2.0 * T * h) * random_normal(tuple(W.shape), spec_of(W), gen)
+        v = total.projection(W, E, frames=frames)
+
+        def retract(u: Array) -> tuple[Array, ...]:
+            return total.retraction_with_frames(W, u, signs)
+
+        W, Q, s = rule.step(retract, v, (W, *frames))
+        if carry:
+            self._frames, self._signs = (Q, s), signs
+        return manifold.from_balanced(W)
