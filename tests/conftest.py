@@ -67,3 +67,20 @@ BACKENDS = [("numpy", "float64"), ("torch", "float64"), ("numpy", "float32"), ("
 def backend_dtype(request):
     """(backend, dtype) pairs every manifold is tested on."""
     return request.param
+
+
+@pytest.fixture
+def run_cli(capfd):
+    """``run_cli(argv) -> (exit status, stdout, stderr)`` of the ``thermanopt`` command run
+    in this process (``SystemExit`` turned into its code)."""
+    from thermanopt.cli import main
+
+    def run(argv):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+        out, err = capfd.readouterr()
+        return rc, out, err
+
+    return run

@@ -70,15 +70,6 @@ def models(tmp_path, monkeypatch):
     return folder
 
 
-def _run(capfd, argv):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capfd.readouterr()
-    return rc, out, err
-
-
 def _error_lines(err):
     """The lines of stderr that are not progress reports."""
     return [line for line in err.splitlines() if line.strip() and ": done in " not in line]
@@ -125,8 +116,8 @@ def test_every_option_is_documented_with_its_default():
             assert all(m in text for m in DEFAULT_METHODS)
 
 
-def test_bad_arguments_exit_2_with_one_line(capfd):
-    rc, _, err = _run(capfd, ["symmetries", "x:y", "--input-shape", "0"])
+def test_bad_arguments_exit_2_with_one_line(run_cli):
+    rc, _, err = run_cli(["symmetries", "x:y", "--input-shape", "0"])
     assert rc == 2 and "bad shape" in err and len(_error_lines(err)) == 1
 
 
@@ -138,15 +129,15 @@ def test_bad_arguments_exit_2_with_one_line(capfd):
     (["demo", "--device", "tpu"], "unknown device 'tpu'"),
     (["compare", "--device", "tpu"], "use cpu, cuda or cuda:N"),
 ])
-def test_usage_errors_are_one_line_exit_2(capfd, argv, needle):
-    rc, out, err = _run(capfd, argv)
+def test_usage_errors_are_one_line_exit_2(run_cli, argv, needle):
+    rc, out, err = run_cli(argv)
     assert rc == 2
     lines = _error_lines(err)
     assert len(lines) == 1 and needle in lines[0] and "--help" in lines[0], err
     assert "Traceback" not in err
 
 
-def test_unavailable_cuda_is_one_line_before_any_work(capfd, monkeypatch, tmp_path):
+def test_unavailable_cuda_is_one_line_before_any_work(run_cli, monkeypatch, tmp_path):
     import torch
 
     import thermanopt.analysis as analysis
@@ -155,7 +146,7 @@ def test_unavailable_cuda_is_one_line_before_any_work(capfd, monkeypatch, tmp_pa
     monkeypatch.setattr(analysis, "compare_training", _must_not_run)
     for argv in (["compare", "--device", "cuda", "--out", str(tmp_path / "c")],
                  ["demo", "--device", "cuda", "--out", str(tmp_path / "d")]):
-        rc, _, err = _run(capfd, argv)
+        rc, _, err = run_cli(argv)
         assert rc == 2 and _error_lines(err) == [
             f"thermanopt {argv[0]}: error: --device cuda: torch sees no CUDA device here; "
             "use --device cpu"
@@ -185,18 +176,18 @@ def no_computation(monkeypatch):
     ["symmetries", "mymodels:mlp", "--input-shape", "3,5"],
 ])
 @pytest.mark.parametrize("where", ["file", "under_file"])
-def test_out_is_checked_before_any_computation(capfd, models, no_computation, command, where):
+def test_out_is_checked_before_any_computation(run_cli, models, no_computation, command, where):
     (models / "taken").write_text("a file in the way")
     out = "taken" if where == "file" else os.path.join("taken", "sub")
-    rc, _, err = _run(capfd, command + ["--out", out])
+    rc, _, err = run_cli(command + ["--out", out])
     lines = _error_lines(err)
     assert rc == 2 and len(lines) == 1, err
     assert "--out" in lines[0] and "is a file, not a folder" in lines[0]
 
 
-def test_unwritable_out_is_one_line(capfd, models, no_computation):
+def test_unwritable_out_is_one_line(run_cli, models, no_computation):
     target = "/proc/thermanopt-cannot-write-here"
-    rc, _, err = _run(capfd, ["compare", "--out", target])
+    rc, _, err = run_cli(["compare", "--out", target])
     lines = _error_lines(err)
     assert rc == 2 and len(lines) == 1 and "not writable" in lines[0], err
 
@@ -204,9 +195,9 @@ def test_unwritable_out_is_one_line(capfd, models, no_computation):
 # ------------------------------------------------------------------ symmetries
 
 
-def test_symmetries_imports_from_the_working_directory(capfd, models, tmp_path):
+def test_symmetries_imports_from_the_working_directory(run_cli, models, tmp_path):
     out = tmp_path / "sym"
-    rc, stdout, err = _run(capfd, ["symmetries", "mymodels:mlp", "--input-shape", "3,5",
+    rc, stdout, err = run_cli(["symmetries", "mymodels:mlp", "--input-shape", "3,5",
                                    "--out", str(out)])
     assert rc == 0, err
     assert stdout.count("kind           group") == 1  # the table is printed once
@@ -216,24 +207,24 @@ def test_symmetries_imports_from_the_working_directory(capfd, models, tmp_path):
     assert (out / "symmetries.png").stat().st_size > 10_000
 
 
-def test_symmetries_token_ids_with_vocab_size(capfd, models):
-    rc, stdout, err = _run(capfd, ["symmetries", "mymodels:tokens", "--input-shape", "2,6",
+def test_symmetries_token_ids_with_vocab_size(run_cli, models):
+    rc, stdout, err = run_cli(["symmetries", "mymodels:tokens", "--input-shape", "2,6",
                                    "--vocab-size", "10", "--no-verify"])
     assert rc == 0, err
     assert "general_linear" in stdout and "150 parameters" in stdout
     # float inputs into an embedding: one line saying what to do
-    rc, _, err = _run(capfd, ["symmetries", "mymodels:tokens", "--input-shape", "2,6"])
+    rc, _, err = run_cli(["symmetries", "mymodels:tokens", "--input-shape", "2,6"])
     assert rc == 2 and len(_error_lines(err)) == 1 and "--vocab-size" in err
 
 
-def test_no_library_warnings_or_logs_leak(capfd, models):
+def test_no_library_warnings_or_logs_leak(run_cli, models):
     # the attention model's verification triggers torch's batching-rule UserWarning
-    rc, stdout, err = _run(capfd, ["symmetries", "mymodels:tokens", "--input-shape", "2,6",
+    rc, stdout, err = run_cli(["symmetries", "mymodels:tokens", "--input-shape", "2,6",
                                    "--vocab-size", "10"])
     assert rc == 0, err
     assert "Warning" not in err and "Warning" not in stdout.split("captured")[0]
     # a wrong input shape: torch's fake_tensor error log stays out of the terminal
-    rc, stdout, err = _run(capfd, ["symmetries", "mymodels:mlp", "--input-shape", "3,4"])
+    rc, stdout, err = run_cli(["symmetries", "mymodels:mlp", "--input-shape", "3,4"])
     lines = _error_lines(err)
     assert rc == 2 and len(lines) == 1, err
     assert "fake_tensor" not in err and "Traceback" not in err
@@ -248,15 +239,15 @@ def test_no_library_warnings_or_logs_leak(capfd, models):
     ("mymodels:nope", "has no callable 'nope'"),
     ("no_colon", "module:factory"),
 ])
-def test_model_errors_are_one_line_exit_2(capfd, models, spec, needle):
-    rc, _, err = _run(capfd, ["symmetries", spec, "--input-shape", "3,5"])
+def test_model_errors_are_one_line_exit_2(run_cli, models, spec, needle):
+    rc, _, err = run_cli(["symmetries", spec, "--input-shape", "3,5"])
     lines = _error_lines(err)
     assert rc == 2 and len(lines) == 1, err
     assert needle in lines[0] and "Traceback" not in err
 
 
-def test_debug_shows_the_traceback(capfd, models):
-    rc, _, err = _run(capfd, ["symmetries", "mymodels:broken", "--input-shape", "3,5",
+def test_debug_shows_the_traceback(run_cli, models):
+    rc, _, err = run_cli(["symmetries", "mymodels:broken", "--input-shape", "3,5",
                               "--debug"])
     assert rc == 2 and "Traceback" in err and "boom in the factory" in err
 
@@ -264,8 +255,8 @@ def test_debug_shows_the_traceback(capfd, models):
 # ------------------------------------------------------------------ compare
 
 
-def _compare(capfd, out, seed, steps="6"):
-    rc, stdout, err = _run(capfd, ["compare", "--steps", steps, "--width", "3", "--methods",
+def _compare(run_cli, out, seed, steps="6"):
+    rc, stdout, err = run_cli(["compare", "--steps", steps, "--width", "3", "--methods",
                                    "euclidean_gd,euclidean_sgd,riemannian_sgd", "--seed",
                                    str(seed), "--out", str(out)])
     assert rc == 0, err
@@ -273,10 +264,10 @@ def _compare(capfd, out, seed, steps="6"):
     return stdout, data
 
 
-def test_compare_seed_table_and_files(capfd, tmp_path):
-    stdout, a = _compare(capfd, tmp_path / "a", 0)
-    _, b = _compare(capfd, tmp_path / "b", 0)
-    _, c = _compare(capfd, tmp_path / "c", 1)
+def test_compare_seed_table_and_files(run_cli, tmp_path):
+    stdout, a = _compare(run_cli, tmp_path / "a", 0)
+    _, b = _compare(run_cli, tmp_path / "b", 0)
+    _, c = _compare(run_cli, tmp_path / "c", 1)
 
     def losses(d):
         return [row["final_loss"] for row in d["table"]]
@@ -296,7 +287,7 @@ def test_compare_seed_table_and_files(capfd, tmp_path):
     assert (tmp_path / "a" / "compare_matrix_sensing.png").stat().st_size > 10_000
 
 
-def test_compare_failing_method_is_named(capfd, tmp_path, monkeypatch):
+def test_compare_failing_method_is_named(run_cli, tmp_path, monkeypatch):
     from thermanopt.analysis import compare_training
     from thermanopt.analysis.compare import MethodFailedError
 
@@ -312,7 +303,7 @@ def test_compare_failing_method_is_named(capfd, tmp_path, monkeypatch):
                                 "5 steps (lr 0.02, seed 0): ValueError: non-finite")
 
     monkeypatch.setattr(analysis, "compare_training", fail)
-    rc, _, err = _run(capfd, ["compare", "--steps", "5", "--out", str(tmp_path / "o")])
+    rc, _, err = run_cli(["compare", "--steps", "5", "--out", str(tmp_path / "o")])
     lines = _error_lines(err)
     assert rc == 1 and len(lines) == 1 and "riemannian_adam" in lines[0]
     assert "--methods" in lines[0]

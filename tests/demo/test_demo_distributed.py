@@ -15,25 +15,15 @@ import pytest
 import torch
 
 from thermanopt import demo
-from thermanopt.cli import main
 from thermanopt.demo import resolve_nproc, run_demo
 
 
-def _run_cli(capfd, argv):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capfd.readouterr()
-    return rc, out, err
-
-
 @pytest.mark.slow
-def test_two_gloo_processes_sample_the_same_law(capfd, tmp_path, monkeypatch):
+def test_two_gloo_processes_sample_the_same_law(run_cli, tmp_path, monkeypatch):
     sampling = [s for s in demo.STAGES if s.key == "sampling"]
     monkeypatch.setattr(demo, "STAGES", sampling)
     out = tmp_path / "report"
-    rc, _, err = _run_cli(capfd, ["demo", "--quick", "--device", "cpu", "--nproc", "2",
+    rc, _, err = run_cli(["demo", "--quick", "--device", "cpu", "--nproc", "2",
                                   "--out", str(out)])
     assert rc == 0, err[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -86,7 +76,7 @@ def test_stages_get_the_process_count(tmp_path, monkeypatch):
     assert seen == [2, 1]
 
 
-def test_cli_refuses_more_processes_than_gpus_before_any_work(capfd, tmp_path, monkeypatch):
+def test_cli_refuses_more_processes_than_gpus_before_any_work(run_cli, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
 
@@ -94,16 +84,16 @@ def test_cli_refuses_more_processes_than_gpus_before_any_work(capfd, tmp_path, m
         raise AssertionError("the demo ran")
 
     monkeypatch.setattr(demo, "run_demo", must_not_run)
-    rc, _, err = _run_cli(capfd, ["demo", "--device", "cuda", "--nproc", "2",
+    rc, _, err = run_cli(["demo", "--device", "cuda", "--nproc", "2",
                                   "--out", str(tmp_path / "d")])
     assert rc == 2 and "--nproc" in err and "1 CUDA device(s)" in err
     assert not (tmp_path / "d").exists()
 
 
-def test_cli_passes_the_process_count(capfd, tmp_path, monkeypatch):
+def test_cli_passes_the_process_count(run_cli, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda **kw: calls.append(kw) or {})
     for argv, want in ((["--nproc", "3"], 3), ([], 1)):
-        rc, _, err = _run_cli(capfd, ["demo", "--out", str(tmp_path / "d"), *argv])
+        rc, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), *argv])
         assert rc == 0, err
         assert calls[-1]["nproc"] == want and calls[-1]["device"] == "cpu"
