@@ -36,6 +36,19 @@ DT = torch.float64
 mse = nn.functional.mse_loss
 
 
+def assert_same_total_gradient(model, a, b, *, rtol: float) -> None:
+    """The gradients of ``a.total`` and ``b.total`` (two entropic losses of ``model``) agree
+    to ``rtol``; a parameter the loss does not reach has no gradient or a zero one on both."""
+    params = list(model.parameters())
+    ga = torch.autograd.grad(a.total, params, allow_unused=True)
+    gb = torch.autograd.grad(b.total, params, allow_unused=True)
+    for x, y in zip(ga, gb):
+        if x is None or y is None:
+            assert all(t is None or not t.any() for t in (x, y))
+        else:
+            torch.testing.assert_close(x, y, rtol=rtol, atol=1e-13)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny float64 problems: one intra-op thread avoids oversubscription stalls."""
@@ -539,11 +552,7 @@ def test_ghost_norms_match_vmap(seq_len, precond):
     for a, b, c in zip(ghost, ref, auto):
         assert float(a) == pytest.approx(float(b), rel=1e-11)
         assert float(c) == pytest.approx(float(b), rel=1e-11)
-    params = list(model.parameters())
-    g_ghost = torch.autograd.grad(ghost.total, params)
-    g_ref = torch.autograd.grad(ref.total, params)
-    for a, b in zip(g_ghost, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-13)
+    assert_same_total_gradient(model, ghost, ref, rtol=1e-9)
 
 
 def test_ghost_refuses_unsupported_models():
@@ -674,11 +683,7 @@ def test_ghost_norms_of_transformer_blocks_match_vmap(kind, precond):
     assert float(ref.noise) > 1e-4
     for a, b in zip(ghost, ref):
         assert float(a) == pytest.approx(float(b), rel=1e-10)
-    params = list(model.parameters())
-    g_ghost = torch.autograd.grad(ghost.total, params)
-    g_ref = torch.autograd.grad(ref.total, params)
-    for a, b in zip(g_ghost, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert_same_total_gradient(model, ghost, ref, rtol=1e-10)
 
 
 def test_ghost_attention_with_frozen_projections():
@@ -1213,14 +1218,7 @@ def test_ghost_layer_whose_output_is_unused():
     ref = entropic_loss(model, mse, (X, Y), 0.2, noise_method="vmap", batch_size=2)
     assert float(ref.noise) > 1e-4
     assert float(ghost.noise) == pytest.approx(float(ref.noise), rel=1e-12)
-    params = list(model.parameters())
-    g_ghost = torch.autograd.grad(ghost.total, params, allow_unused=True)
-    g_ref = torch.autograd.grad(ref.total, params, allow_unused=True)
-    for a, b in zip(g_ghost, g_ref):
-        if a is None or b is None:  # the unused layer: no gradient, or a zero one
-            assert all(t is None or not t.any() for t in (a, b))
-        else:
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert_same_total_gradient(model, ghost, ref, rtol=1e-10)  # the unused layer too
 
 
 def test_ghost_total_has_exact_hessian_vector_products():
