@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
+from collections.abc import Callable
 
 
 def device_argument(value: str) -> str:
@@ -36,6 +39,46 @@ def device_argument(value: str) -> str:
     elif value != "cpu":
         raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda or cuda:K")
     return value
+
+
+def sync(device) -> None:
+    """Wait for the queued CUDA work of ``device`` (nothing on the CPU)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def clock_for(device) -> Callable[[], float]:
+    """The clock of the timings: wall clock on CUDA; on the CPU the process's CPU time, which
+    the other jobs of a shared machine do not inflate (with one torch thread it equals the
+    busy wall time)."""
+    return time.perf_counter if str(device).startswith("cuda") else time.process_time
+
+
+def time_rounds(fns: dict[str, Callable[[], object]], device, rounds: int, *,
+                warmup: bool = True) -> dict[str, list[float]]:
+    """Per-round times of every function of ``fns``, run back to back in each round
+    (round-robin, after one warm-up call each unless ``warmup`` is False), so that ratios of
+    the same round share the machine's state."""
+    clock = clock_for(device)
+    if warmup:
+        for fn in fns.values():
+            fn()
+        sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = clock()
+            fn()
+            sync(device)
+            times[k].append(clock() - t)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], key: str, base: str) -> float:
+    """Median over rounds of ``times[key] / times[base]`` (the per-round ratio)."""
+    return statistics.median(a / b for a, b in zip(times[key], times[base], strict=True))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

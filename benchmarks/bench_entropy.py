@@ -10,7 +10,8 @@ times, on torch tensors of the chosen device and dtype:
 - autograd: ``dln_entropy`` forward + ``torch.autograd`` backward through the
   custom Function (one SVD; backward is the analytic gradient).
 
-Every ratio is time / time(svd), measured in the same run (minimum over interleaved repeats).
+Every ratio is time / time(svd), measured in the same run (median over rounds of the
+per-round ratio; CPU time of the process on the CPU, wall clock on CUDA).
 
 Usage: python benchmarks/bench_entropy.py [--quick] [--device cuda] [--dtype float32]
        [--batch B] [--width d] [--depth N] [--threads k]
@@ -19,36 +20,12 @@ Usage: python benchmarks/bench_entropy.py [--quick] [--device cuda] [--dtype flo
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 
 import torch
-from _report import add_common_arguments, emit  # noqa: E402
+from _report import add_common_arguments, emit, median_ratio, time_rounds  # noqa: E402
 
 from thermanopt.entropy import dln_entropy, dln_entropy_and_gradient
-
-
-def _sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time_interleaved(fns: dict, device, repeats: int) -> dict:
-    """Minimum wall time of each function over ``repeats`` interleaved rounds.
-
-    Interleaving and the minimum make the ratios robust to load from other
-    processes on a shared machine.
-    """
-    for fn in fns.values():  # warm-up (kernels, allocator, caches)
-        fn()
-    _sync(device)
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None) -> list[dict]:
@@ -76,7 +53,7 @@ def main(argv=None) -> list[dict]:
         (g,) = torch.autograd.grad(S.sum(), Y)
         return g
 
-    t = _time_interleaved(
+    times = time_rounds(
         {
             "svd": lambda: torch.linalg.svd(X, full_matrices=False),
             "both": lambda: dln_entropy_and_gradient(X, N),
@@ -86,18 +63,18 @@ def main(argv=None) -> list[dict]:
         device,
         repeats,
     )
-    t_svd, t_both, t_ent, t_ag = t["svd"], t["both"], t["ent"], t["ag"]
+    t_svd, t_both, t_ent, t_ag = (statistics.median(times[k]) for k in ("svd", "both", "ent", "ag"))
     size = f"{batch}x{args.width}^2"
     note = f"N={N} {args.dtype} {device.type}; / one batched SVD"
     rows = [
         {"benchmark": "batched svd (baseline)", "size": size, "time_s": t_svd, "ratio": 1.0,
          "note": note},
         {"benchmark": "dln_entropy_and_gradient", "size": size, "time_s": t_both,
-         "ratio": t_both / t_svd, "note": note + " (target <= 1.5)"},
-        {"benchmark": "dln_entropy", "size": size, "time_s": t_ent, "ratio": t_ent / t_svd,
-         "note": note},
+         "ratio": median_ratio(times, "both", "svd"), "note": note + " (target <= 1.5)"},
+        {"benchmark": "dln_entropy", "size": size, "time_s": t_ent,
+         "ratio": median_ratio(times, "ent", "svd"), "note": note},
         {"benchmark": "dln_entropy fwd+bwd (autograd)", "size": size, "time_s": t_ag,
-         "ratio": t_ag / t_svd, "note": note},
+         "ratio": median_ratio(times, "ag", "svd"), "note": note},
     ]  # fmt: skip
     return emit(rows, args.json, title="DLN entropy + gradient vs one batched SVD")
 

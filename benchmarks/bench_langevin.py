@@ -34,46 +34,16 @@ Prints a table (no assertions on timings).
 from __future__ import annotations
 
 import argparse
-import importlib
-import pathlib
 import statistics
-import subprocess
-import sys
-import tarfile
-import tempfile
-import time
 
 import pymanopt
 import torch
-from _report import add_common_arguments, emit  # noqa: E402
+from _before import load_package, submodule  # noqa: E402
+from _report import add_common_arguments, clock_for, emit, median_ratio, sync, time_rounds  # noqa: E402
 
 import thermanopt
 import thermanopt.function
 from thermanopt.manifolds import balanced_from, end_to_end
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def load_before(rev: str):
-    """The package ``thermanopt`` of git revision ``rev`` as ``thermanopt_before`` (or None)."""
-    root = pathlib.Path(__file__).resolve().parent.parent
-    out = pathlib.Path(tempfile.mkdtemp())
-    try:
-        tar = subprocess.run(
-            ["git", "archive", rev, "thermanopt"], cwd=root, capture_output=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        print(f"(no 'before' column: git archive {rev} failed)")
-        return None
-    (out / "before.tar").write_bytes(tar)
-    with tarfile.open(out / "before.tar") as archive:
-        archive.extractall(out, filter="data")
-    (out / "thermanopt").rename(out / "thermanopt_before")
-    sys.path.insert(0, str(out))
-    return importlib.import_module("thermanopt_before")
 
 
 def _problem(package, manifold, target, balanced: bool):
@@ -89,7 +59,7 @@ class _Case:
     """A sampler of one package on the benchmark's balanced chains."""
 
     def __init__(self, package, d, N, dtype, device, target, W0):
-        importlib.import_module(package.__name__ + ".optimizers")
+        submodule(package, "optimizers")
         M = package.manifolds.BalancedManifold(d, N, backend="torch", device=device, dtype=dtype)
         self.problem = _problem(package, M, target, True)
         self.sampler = package.optimizers.RiemannianLangevin(0.1, 1e-3)
@@ -106,26 +76,6 @@ class _Case:
             batched_cost=batched,
             validate=False,
         )
-
-
-def _time_rounds(fns: dict, device: str, repeats: int) -> dict:
-    """Per-round times of each function, round-robin after one warm-up each."""
-    clock = time.perf_counter if str(device).startswith("cuda") else time.process_time
-    for fn in fns.values():
-        fn()
-    _sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = clock()
-            fn()
-            _sync(device)
-            times[k].append(clock() - t)
-    return times
-
-
-def _ratio(times: dict, key: str, base: str) -> float:
-    return statistics.median(a / b for a, b in zip(times[key], times[base]))
 
 
 def main(argv=None) -> list[dict]:
@@ -154,7 +104,7 @@ def main(argv=None) -> list[dict]:
     target = torch.eye(d, dtype=dtype, device=device)
     W0 = balanced_from(X0, None, N)
     ours = _Case(thermanopt, d, N, dtype, device, target, W0)
-    before = None if args.no_before else load_before(args.before)
+    before = None if args.no_before else load_package(args.before)
     X = end_to_end(W0)
 
     def base():  # one step's irreducible work, `steps` times
@@ -166,7 +116,7 @@ def main(argv=None) -> list[dict]:
     if before is not None:
         old = _Case(before, d, N, dtype, device, target, W0)
         fns["before"] = lambda: old.run(steps, chains)
-    t = _time_rounds(fns, device, repeats)
+    t = time_rounds(fns, device, repeats)
     size = f"d{d} N{N} B{chains}"
     rate = {k: chains * steps / statistics.median(t[k]) for k in fns if k != "base"}
     rows = []
@@ -176,7 +126,7 @@ def main(argv=None) -> list[dict]:
                 "benchmark": f"langevin step / (svd + grad) {key}",
                 "size": size,
                 "time_s": statistics.median(t[key]) / steps,
-                "ratio": _ratio(t, key, "base"),
+                "ratio": median_ratio(t, key, "base"),
                 "note": "time of a step / (batched SVD of X + batched gradient); target <= 3",
             },
             {
@@ -193,7 +143,7 @@ def main(argv=None) -> list[dict]:
                 "benchmark": "langevin speed-up after / before",
                 "size": size,
                 "time_s": statistics.median(t["after"]) / steps,
-                "ratio": _ratio(t, "before", "after"),
+                "ratio": median_ratio(t, "before", "after"),
                 "note": f"before = {args.before}; same chains, same rounds",
             }
         )
@@ -210,11 +160,11 @@ def main(argv=None) -> list[dict]:
 def _other_rows(ours, d, N, dtype, device, target, X0, chains, steps, r_batched):
     """The per-chain gradient loop and the quotient, against the batched balanced rate."""
     loop_chains = 8 if chains <= 512 else 32
-    clock = time.perf_counter if str(device).startswith("cuda") else time.process_time
+    clock = clock_for(device)
     ours.run(1, loop_chains, batched=False)
     t0 = clock()
     ours.run(steps, loop_chains, batched=False)
-    _sync(device)
+    sync(device)
     r_loop = loop_chains * steps / (clock() - t0)
     mode = ours.sampler.log["gradient_mode"]
     Mq = thermanopt.manifolds.ObservableQuotient(d, N, backend="torch", device=device, dtype=dtype)
@@ -225,7 +175,7 @@ def _other_rows(ours, d, N, dtype, device, target, X0, chains, steps, r_batched)
     sampler.sample(
         pq, X0, steps, n_chains=chains, thin=steps, generator=1, batched_cost=True, validate=False
     )
-    _sync(device)
+    sync(device)
     r_quot = chains * steps / (clock() - t0)
     return [
         {
