@@ -35,22 +35,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 
 import numpy as np
 import pymanopt
 import torch
-from _report import add_common_arguments, emit  # noqa: E402
+from _report import add_common_arguments, emit, median_ratio, sync, time_rounds  # noqa: E402
 from pymanopt.optimizers import SteepestDescent, TrustRegions
 
 import thermanopt.function
 from thermanopt.manifolds import Sphere
-
-
-def _sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 class Counter:
@@ -244,35 +238,12 @@ def stock_problem(A_np, n):
 def timed(fn, device, repeat=3):
     best = np.inf
     for _ in range(repeat):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return best, out
-
-
-def paired(fns, device, rounds):
-    """Per-round times of each function, run back to back in every round.
-
-    CPU time of the process on the CPU (insensitive to other processes on a shared
-    machine; one torch thread), wall clock on CUDA.
-    """
-    clock = time.perf_counter if str(device).startswith("cuda") else time.process_time
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            _sync(device)
-            t0 = clock()
-            fn()
-            _sync(device)
-            times[k].append(clock() - t0)
-    return times
-
-
-def ratio(times, a, b):
-    """Median over rounds of ``times[a] / times[b]``."""
-    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def bench_size(n, iters, device, dtype, rounds=5):
@@ -295,7 +266,7 @@ def bench_size(n, iters, device, dtype, rounds=5):
         return opt.run(stock_problem(A_np, n), initial_point=x0_np)
 
     it = max(int(sd_ours().iterations), 1)
-    t = paired(
+    t = time_rounds(
         {
             "ours": sd_ours,
             "hand": lambda: hand_sd(A, x0, it),
@@ -303,6 +274,7 @@ def bench_size(n, iters, device, dtype, rounds=5):
         },
         device,
         rounds,
+        warmup=False,
     )
     t_stock, res_s = timed(sd_stock, "cpu", repeat=2)
     per_stock = t_stock / max(int(res_s.iterations), 1)
@@ -312,9 +284,9 @@ def bench_size(n, iters, device, dtype, rounds=5):
             "SteepestDescent",
             n,
             per_ours,
-            ratio(t, "ours", "hand"),
-            ratio(t, "ours", "same" if "same" in t else "hand"),
-            ratio(t, "ours", "naive"),
+            median_ratio(t, "ours", "hand"),
+            median_ratio(t, "ours", "same" if "same" in t else "hand"),
+            median_ratio(t, "ours", "naive"),
             per_stock / per_ours,
         )
     )
@@ -332,7 +304,7 @@ def bench_size(n, iters, device, dtype, rounds=5):
         return opt.run(stock_problem(A_np, n), initial_point=x0_np)
 
     it = max(int(tr_ours().iterations), 1)
-    t = paired(
+    t = time_rounds(
         {
             "ours": tr_ours,
             "hand": lambda: hand_tr(A, x0, counter, it),
@@ -341,6 +313,7 @@ def bench_size(n, iters, device, dtype, rounds=5):
         },
         device,
         rounds,
+        warmup=False,
     )
     t_stock, res_s = timed(tr_stock, "cpu", repeat=2)
     per_stock = t_stock / max(int(res_s.iterations), 1)
@@ -350,9 +323,9 @@ def bench_size(n, iters, device, dtype, rounds=5):
             "TrustRegions",
             n,
             per_ours,
-            ratio(t, "ours", "hand"),
-            ratio(t, "ours", "same" if "same" in t else "hand"),
-            ratio(t, "ours", "naive"),
+            median_ratio(t, "ours", "hand"),
+            median_ratio(t, "ours", "same" if "same" in t else "hand"),
+            median_ratio(t, "ours", "naive"),
             per_stock / per_ours,
         )
     )
