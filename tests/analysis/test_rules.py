@@ -235,3 +235,65 @@ def test_train_mode_attention_dropout_does_not_fail_verification():
     r = find_symmetries(TrainModeAttention().double().train(),
                         torch.randn(2, 5, 8, dtype=torch.float64), output="raw")
     assert r.symmetries and all(s.verified for s in r.symmetries), r.table()
+
+
+# ---------------------------------------------------------------------------------------
+# fused projections cut into blocks (rules.blocks)
+
+
+class FusedQKV(nn.Module):
+    """One ``qkv`` projection cut into q, k, v as GPT-2 (``split``), timm's ViT
+    (``reshape -> permute -> unbind``) or Swin (``select`` per block) do; attention over 2
+    heads of 4, an output projection, then tanh and a head."""
+
+    def __init__(self, style: str, d: int = 8, h: int = 2):
+        super().__init__()
+        self.style, self.h = style, h
+        self.qkv, self.o, self.head = nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Linear(d, 2)
+
+    def forward(self, x):
+        B, T, d = x.shape
+        h, dh = self.h, d // self.h
+        y = self.qkv(x)
+        if self.style == "split":
+            q, k, v = (t.view(B, T, h, dh).transpose(1, 2) for t in y.split(d, dim=2))
+        else:
+            y = y.reshape(B, T, 3, h, dh).permute(2, 0, 3, 1, 4)
+            q, k, v = y.unbind(0) if self.style == "unbind" else (y[0], y[1], y[2])
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, d)
+        return self.head(torch.tanh(self.o(a)))
+
+
+def _jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``d f(x) / d theta`` (rows: outputs, columns: flattened parameters) and the point."""
+    p = {n: t.detach() for n, t in model.named_parameters()}
+
+    def f(q):
+        return torch.func.functional_call(model, q, (x,)).reshape(-1)
+
+    jac = torch.func.jacrev(f)(p)
+    return torch.cat([jac[n].reshape(jac[n].shape[0], -1) for n in p], 1), p
+
+
+@pytest.mark.parametrize("style", ["split", "unbind", "select"])
+def test_fused_qkv_is_cut_into_blocks(style):
+    """q/k and v/out-projection each admit GL(head_dim) per head (not O(head_dim), not
+    pinned); the key bias block is null; the value bias block trades with the output bias.
+    Every reported tangent is in the null space of the Jacobian (independent jacrev)."""
+    x = torch.randn(4, 5, 8, dtype=torch.float64)
+    r = exact(lambda: FusedQKV(style), x, jacobian=True)
+    assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 80, r.table()
+    gl = r.by_kind("general_linear")
+    assert sorted(s.group for s in gl) == ["(GL(4))^2", "(GL(4))^2"]
+    assert {p["index"] for s in gl for p in s.parameters if p["name"] == "qkv.weight"} == {
+        "0:8", "8:16", "16:24"}
+    assert [s.parameters[0]["index"] for s in r.by_kind("null")] == ["8:16"]
+    torch.manual_seed(0)
+    model = FusedQKV(style).double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randn(6, 5, 8, dtype=torch.float64))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert t.shape[0] == 80 and torch.linalg.matrix_rank(t) == 80
+    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12

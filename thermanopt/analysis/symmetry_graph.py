@@ -93,6 +93,11 @@ class SymmetryAnalysis(CoupledAxes):
         self.ln_rotations: list[dict] = []
         self.ln_shifts: list[dict] = []
         self._reader_map: dict | None = None
+        self._direct: dict[str, list] | None = None
+        self.block_memo: dict[int, list] = {}  # split root -> clones per block (rules.blocks)
+        self.bias_blocks: dict[str, list] = {}  # 1-D parameter -> (index, axis) per block
+        self.slice_of: dict[str, tuple] = {}  # synthetic bias-block value -> its index
+        self.multi_bias: dict[str, list] = {}  # multi-output op -> bias value per output
         self.nx = nx.MultiDiGraph()
         for node in graph.nodes:
             self.producer[node.name] = node
@@ -271,11 +276,11 @@ class SymmetryAnalysis(CoupledAxes):
         b = self.bias_of.get(key_value)
         if b is None or b not in self.param_of:
             return
-        pname = self.param_of[b]
-        if any(n["param"] == pname for n in self.nulls):
+        pname, index = self.param_of[b], self.slice_of.get(b, ())
+        if any(n["param"] == pname and n["index"] == index for n in self.nulls):
             return
-        self.nulls.append({"param": pname, "index": (),
-                           "dim": math.prod(self.param_shapes[pname]),
+        self.nulls.append({"param": pname, "index": index,
+                           "dim": math.prod(self.shapes.get(b, self.param_shapes[pname])),
                            "reason": f"key bias before a softmax over keys ({why})"})
 
     def propagate_meta(self, node: OpNode, src: Ref) -> None:
@@ -331,6 +336,28 @@ class SymmetryAnalysis(CoupledAxes):
                 if isinstance(r, Ref) and self.param_of.get(r.name) == pname:
                     uses += 1
         return uses > 1
+
+    def direct_readers(self, name: str) -> list[OpNode]:
+        """Every op node that takes ``name`` as an operand (nested lists included)."""
+        if self._direct is None:
+            rm: dict[str, list] = {}
+
+            def walk(a, n):
+                if isinstance(a, Ref):
+                    if n not in rm.setdefault(a.name, []):
+                        rm[a.name].append(n)
+                elif isinstance(a, (list, tuple)):
+                    for b in a:
+                        walk(b, n)
+                elif isinstance(a, dict):
+                    for b in a.values():
+                        walk(b, n)
+
+            for n in self.tg.nodes:
+                walk(n.args, n)
+                walk(n.kwargs, n)
+            self._direct = rm
+        return self._direct.get(name, [])
 
     def readers(self, name: str) -> list[tuple[str | None, str]]:
         """Every (op node, value) that reads ``name``, looking through view ops;

@@ -61,9 +61,10 @@ def trade_candidate(an: Any, src: tuple, orig: str, reader: str, weight: tuple |
 def resolve_trades(an: Any) -> None:
     """Keep the candidates whose every reader compensates (see module docstring)."""
     groups: dict[tuple, list] = {}
-    for c in an.trade_cands:
-        groups.setdefault((c["src"], c["origin"]), []).append(c)
-    for (src, orig), cands in groups.items():
+    for c in an.trade_cands:  # slices are unhashable before Python 3.12: key on their repr
+        groups.setdefault((c["src"][0], repr(c["src"][1]), c["origin"]), []).append(c)
+    for cands in groups.values():
+        src, orig = cands[0]["src"], cands[0]["origin"]
         by_reader = {c["reader"]: c for c in cands}
         readers = an.readers(orig)
         ok = bool(readers) and all(r in by_reader for r, _v in readers)

@@ -81,7 +81,17 @@ class MatmulRule(Rule):
                 an.unify(xa[ia], ya[ib], 0, why)
             out.append(xa[ia] if za > 1 else (ya[ib] if zb > 1 else []))
         an.set_axes(node, out + [xa[-2], ya[-1]])
-        an.scores_key[node.name] = y.name
+        an.scores_key[node.name] = _untransposed(an, y)
+
+
+def _untransposed(an: Any, y: Ref) -> str:
+    """The keys before ``k.transpose(-2, -1)`` (their bias is recorded on the last axis)."""
+    node = an.producer.get(y.name)
+    if node is not None and node.op == "transpose" and isinstance(node.args[0], Ref):
+        n = len(node.shape)
+        if sorted(d % n for d in node.kwargs["dims"]) == [n - 2, n - 1]:
+            return node.args[0].name
+    return y.name
 
 
 @register
