@@ -297,3 +297,41 @@ def test_fused_qkv_is_cut_into_blocks(style):
     t = tangent_vectors(rep, p)
     assert t.shape[0] == 80 and torch.linalg.matrix_rank(t) == 80
     assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+
+
+class SumIntoNorm(nn.Module):
+    """``LN(E[t] + W2 gelu(W1 E[t]))`` read by the (tied) embedding or a head: the residual
+    space is also read by ``W1``, but the sum itself only by the LayerNorm."""
+
+    def __init__(self, tied: bool, vocab: int = 40, d: int = 4, hidden: int = 6):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.fc, self.proj = nn.Linear(d, hidden), nn.Linear(hidden, d)
+        self.norm = nn.LayerNorm(d, eps=0.0)  # exact scale symmetry
+        self.head = None if tied else nn.Linear(d, 3)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        y = self.norm(x + self.proj(F.gelu(self.fc(x))))
+        return F.linear(y, self.emb.weight) if self.head is None else self.head(y)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_writer_of_a_sum_read_only_by_layernorms_moves_along_one(tied):
+    """``proj`` (weight columns and bias) may move along 1: 6 + 1 directions, in the null
+    space of the Jacobian (independent jacrev); the embedding (also read by ``fc``) may not."""
+    x = torch.randint(0, 40, (8, 5))
+    r = exact(lambda: SumIntoNorm(tied), x, jacobian=tied)
+    tr = r.by_kind("translation")
+    assert [s.dim for s in tr] == [7] and {p["name"] for p in tr[0].parameters} == {
+        "proj.weight", "proj.bias"}
+    if tied:  # untied, each embedding row has its own (point-dependent) LayerNorm nulls
+        assert r.complete is True and r.continuous_dim == r.jacobian_nullity, r.table()
+    torch.manual_seed(0)
+    model = SumIntoNorm(tied).double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randint(0, 40, (12, 5)))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12

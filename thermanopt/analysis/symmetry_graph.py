@@ -458,6 +458,10 @@ class SymmetryAnalysis(CoupledAxes):
         self.centered = normrot.find_centering(self, piece_axes, leaves_used, cons)
         self.ln_rotations = normrot.find_ln_rotations(self, cons)
         self.ln_shifts = normrot.find_ln_shifts(self)
+        summed = normrot.find_sum_centering(self, piece_axes)
+        moved = {self.pieces[k].name for c in summed for k, _d, _p in c["producers"]}
+        self.ln_shifts = [s for s in self.ln_shifts if not {s["src"], s["dst"]} & moved]
+        self.centered += summed
         self.nx = build_graph(self, piece_axes, leaves_used)
         return {"pieces": self.pieces, "piece_axes": piece_axes, "perm_groups": perm_groups,
                 "segs": self.segs}
