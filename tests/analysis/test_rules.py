@@ -335,3 +335,37 @@ def test_writer_of_a_sum_read_only_by_layernorms_moves_along_one(tied):
 
     t = tangent_vectors(rep, p)
     assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+
+
+class Conv1DBlock(nn.Module):
+    """GPT-2's ``Conv1D`` (``addmm(b, x, W)`` with ``W`` stored ``(in, out)``) after a
+    LayerNorm: ``addmm(b2, gelu(addmm(b1, LN(x), W1)), W2)``."""
+
+    def __init__(self, d: int = 4, hidden: int = 6):
+        super().__init__()
+        self.norm = nn.LayerNorm(d, eps=0.0)
+        self.w1, self.b1 = nn.Parameter(torch.randn(d, hidden)), nn.Parameter(torch.randn(hidden))
+        self.w2, self.b2 = nn.Parameter(torch.randn(hidden, 3)), nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        h = self.norm(x).reshape(-1, x.shape[-1])
+        return torch.addmm(self.b2, F.gelu(torch.addmm(self.b1, h, self.w1)), self.w2)
+
+
+def test_conv1d_after_layernorm_has_column_nulls_and_a_bias_trade():
+    """Columns of ``W1`` move along ``1/gamma`` (6), the LayerNorm bias trades with ``b1``
+    through ``W1^T`` (4), the gain rescales ``W1``'s rows (4); tangents null (jacrev)."""
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    r = exact(Conv1DBlock, x, jacobian=True)
+    assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 14, r.table()
+    assert [s.dim for s in r.by_kind("null")] == [6] and [s.dim for s in r.by_kind("trade")] \
+        == [4]
+    torch.manual_seed(0)
+    model = Conv1DBlock().double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randn(7, 5, 4, dtype=torch.float64))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert t.shape[0] == 14 and torch.linalg.matrix_rank(t) == 14
+    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12

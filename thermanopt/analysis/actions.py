@@ -766,3 +766,42 @@ def make_action(kind: str, **data: Any) -> Action:
     ``null``, ``trade``, ``ln_shift``, ``ln_orth``, ``ln_null``, ``center``, ``translation``,
     ``custom``) with its data."""
     return ACTIONS[kind](**data)
+
+
+# ---------------------------------------------------------------- weights stored (in, out)
+class LNNullTransposedAction(LNNullAction):
+    """:class:`LNNullAction` for a weight stored ``(in, out)`` (``y = x W + b``, GPT-2's
+    ``Conv1D``): each column moves along ``1/gamma``, the bias by ``-(beta/gamma).1``."""
+
+    kind = "ln_null_t"
+
+    def delta(self, p: dict, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = p[self.data["weight"]]
+        g = p[self.data["gamma"]] if self.data["gamma"] else torch.ones(
+            w.shape[0], dtype=w.dtype, device=w.device)
+        dw = (1.0 / g)[:, None] * c[None, :]
+        db = -c * ((p[self.data["beta"]] / g).sum()) if self.data["bias"] else None
+        return dw, db
+
+
+class TradeTransposedAction(TradeAction):
+    """:class:`TradeAction` whose compensating readers may store their weight ``(in, out)``
+    (a weight entry ``(name, index, "t")``): ``b_j -= u W_j`` for those."""
+
+    kind = "trade_t"
+
+    def _shift(self, out: dict, base: dict, u: torch.Tensor) -> None:
+        sname, sidx = self.data["src"]
+        u = u.to(base[sname])
+        _write(out, sname, sidx, u, True)
+        cons = self.data.get("consumers") or [(self.data["weight"], self.data["dst"])]
+        for w, dst in cons:
+            name, index = (dst, ()) if isinstance(dst, str) else dst
+            if not w:
+                v = u
+            else:
+                v = u @ base[w[0]] if len(w) > 2 else base[w[0]] @ u
+            _write(out, name, index, -v, True)
+
+
+ACTIONS.update({c.kind: c for c in (LNNullTransposedAction, TradeTransposedAction)})

@@ -127,9 +127,10 @@ def find_sum_centering(an: Any, piece_axes: list) -> list[dict]:
 
 
 def ln_consumer(an: Any, x: Ref, w: Ref, bias: Ref | None, index: tuple,
-                 rows: int | None = None) -> None:
+                 rows: int | None = None, transposed: bool = False) -> None:
     """A LayerNorm output n is orthogonal to 1: each row of the next weight may move
-    along ``1/gamma`` (with ``b -= (beta/gamma).1`` per row) without changing anything."""
+    along ``1/gamma`` (with ``b -= (beta/gamma).1`` per row) without changing anything.
+    ``transposed``: the weight is stored ``(in, out)`` (its columns move)."""
     if x.name not in an.ln_out or w.name not in an.param_of:
         return
     g, be = an.ln_out[x.name]
@@ -139,8 +140,9 @@ def ln_consumer(an: Any, x: Ref, w: Ref, bias: Ref | None, index: tuple,
     if any(p.name == wname for p in an.pieces if p.index == () and
            an.tied(wname)):
         return
-    n = rows if rows is not None else an.param_shapes[wname][0]
-    an.ln_nulls.append({"weight": wname, "index": index, "rows": n, "gamma": g,
+    n = rows if rows is not None else an.param_shapes[wname][1 if transposed else 0]
+    an.ln_nulls.append({"action": "ln_null_t" if transposed else "ln_null",
+                        "weight": wname, "index": index, "rows": n, "gamma": g,
                           "beta": be, "bias": an.param_of[bias.name] if
                           (bias is not None and be is not None) else None,
                           "reason": f"rows of {wname} along 1/gamma: the LayerNorm output "

@@ -285,13 +285,16 @@ class SymmetryAnalysis(CoupledAxes):
 
     def propagate_meta(self, node: OpNode, src: Ref) -> None:
         """Carry bias / LayerNorm / attention bookkeeping through a view-like op."""
+        last_kept = False
         if src.name in self.ln_out and node.op in ("identity", "transpose", "permute"):
             n = len(node.shape)
             dims = [d % n for d in node.kwargs.get("dims", ())]
             last_kept = (node.op == "identity" or (node.op == "transpose" and n - 1 not in dims)
                          or (node.op == "permute" and dims and dims[-1] == n - 1))
-            if last_kept:
-                self.ln_out[node.name] = self.ln_out[src.name]
+        if src.name in self.ln_out and node.op == "reshape":  # (B, T, d) -> (B T, d)
+            last_kept = self.shapes[src.name][-1:] == tuple(node.shape[-1:])
+        if last_kept:
+            self.ln_out[node.name] = self.ln_out[src.name]
         if node.op in ("transpose", "permute"):
             n = len(node.shape)
             dims = [d % n for d in node.kwargs.get("dims", ())]
@@ -303,13 +306,14 @@ class SymmetryAnalysis(CoupledAxes):
                 table[node.name] = table[src.name]
 
     def ln_consumer(self, x: Ref, w: Ref, bias: Ref | None, index: tuple,
-                    rows: int | None = None) -> None:
+                    rows: int | None = None, transposed: bool = False) -> None:
         """See :func:`.normrot.ln_consumer`."""
-        normrot.ln_consumer(self, x, w, bias, index, rows)
+        normrot.ln_consumer(self, x, w, bias, index, rows, transposed)
 
-    def linear_trade(self, node: OpNode, x: Ref, w: Ref, bias: Ref, why: str) -> None:
+    def linear_trade(self, node: OpNode, x: Ref, w: Ref, bias: Ref, why: str,
+                     transposed: bool = False) -> None:
         """See :func:`.trades.linear_trade`."""
-        trades.linear_trade(self, node, x, w, bias, why)
+        trades.linear_trade(self, node, x, w, bias, why, transposed)
 
     def note_sum(self, node: OpNode, x: Ref, y: Ref, xp: bool, yp: bool) -> None:
         """See :func:`.trades.sum_trade`."""

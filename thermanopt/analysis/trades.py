@@ -44,7 +44,9 @@ def record_trade(an: Any, src: tuple, weight: tuple | None, dst: str, why: str,
     size = math.prod(an.param_shapes[src[0]]) if not src[1] else \
         src[1][0].stop - src[1][0].start
     consumers = consumers if consumers is not None else [(weight, dst)]
-    an.trades.append({"src": src, "weight": consumers[0][0], "dst": consumers[0][1],
+    stored_t = any(w is not None and len(w) > 2 for w, _d in consumers)
+    an.trades.append({"action": "trade_t" if stored_t else "trade",
+                      "src": src, "weight": consumers[0][0], "dst": consumers[0][1],
                       "consumers": consumers, "dim": size,
                       "reason": f"a bias and the bias(es) of its reader(s) exchange a "
                                 f"shift ({why})"})
@@ -82,14 +84,16 @@ def resolve_trades(an: Any) -> None:
                      ", ".join(c["why"] for c in by_reader.values()), cons)
 
 
-def linear_trade(an: Any, node: Any, x: Ref, w: Ref, bias: Ref, why: str) -> None:
-    """Candidate trade of the bias feeding ``x`` against the bias of ``linear(x, w, bias)``."""
+def linear_trade(an: Any, node: Any, x: Ref, w: Ref, bias: Ref, why: str,
+                 transposed: bool = False) -> None:
+    """Candidate trade of the bias feeding ``x`` against the bias of ``linear(x, w, bias)``
+    (``transposed``: ``x @ w + bias`` with ``w`` stored ``(in, out)``)."""
     src, orig, via = an.trade_src.get(x.name), None, None
     if src is not None:
         orig = origin(an, x.name, an.trade_src)
         via = an.trade_via.get(orig)
     elif x.name in an.bias_of and an.bias_of[x.name] in an.param_of and \
-            an.shp(Ref(an.bias_of[x.name])) == (an.shp(w)[1],):
+            an.shp(Ref(an.bias_of[x.name])) == (an.shp(w)[0 if transposed else 1],):
         src = (an.param_of[an.bias_of[x.name]], ())
         orig = origin(an, x.name, an.bias_of)
     if src is not None and w.name in an.param_of and bias.name in an.param_of \
@@ -97,8 +101,8 @@ def linear_trade(an: Any, node: Any, x: Ref, w: Ref, bias: Ref, why: str) -> Non
         checks = []
         if via is not None:  # the value bias must reach only this attention
             checks.append((origin(an, via, an.bias_of), orig))
-        trade_candidate(an, src, orig, node.name, (an.param_of[w.name], ()),
-                        an.param_of[bias.name], why, checks)
+        weight = (an.param_of[w.name], (), "t") if transposed else (an.param_of[w.name], ())
+        trade_candidate(an, src, orig, node.name, weight, an.param_of[bias.name], why, checks)
 
 
 def sum_trade(an: Any, node: Any, x: Ref, y: Ref, xp: bool, yp: bool) -> None:

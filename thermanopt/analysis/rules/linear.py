@@ -50,6 +50,8 @@ class AddmmRule(Rule):
         if isinstance(bias, Ref) and len(an.shp(bias)) == 1:
             an.unify(an.ax(bias)[0], wa[1], 0, why)
             an.bias_of[node.name] = bias.name
+            an.linear_trade(node, x, w, bias, why, transposed=True)
+            an.ln_consumer(x, w, bias, (), transposed=True)
         elif isinstance(bias, Ref):
             an.fix(wa[1], f"{why}: broadcast bias")
         an.set_axes(node, list(xa[:-1]) + [wa[1]])
