@@ -369,3 +369,37 @@ def test_conv1d_after_layernorm_has_column_nulls_and_a_bias_trade():
     t = tangent_vectors(rep, p)
     assert t.shape[0] == 14 and torch.linalg.matrix_rank(t) == 14
     assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+
+
+class SwiGLU(nn.Module):
+    """``W_d (silu(W_g x) * (W_u x))`` (LLaMA's MLP); with ``gate_last`` the factors swap."""
+
+    def __init__(self, gate_last: bool = False, d: int = 3, hidden: int = 5):
+        super().__init__()
+        self.gate_last = gate_last
+        self.g, self.u = nn.Linear(d, hidden, bias=False), nn.Linear(d, hidden, bias=False)
+        self.d = nn.Linear(hidden, 2, bias=False)
+
+    def forward(self, x):
+        a, b = F.silu(self.g(x)), self.u(x)
+        return self.d(b * a if self.gate_last else a * b)
+
+
+@pytest.mark.parametrize("gate_last", [False, True])
+def test_gated_product_passes_a_diagonal_through_the_linear_factor(gate_last):
+    """``W_u -> D W_u``, ``W_d -> W_d D^{-1}`` (5 directions) and sign flips; the gate keeps
+    permutations only; tangents null (jacrev)."""
+    x = torch.randn(6, 3, dtype=torch.float64)
+    r = exact(lambda: SwiGLU(gate_last), x, jacobian=True)
+    assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 5, r.table()
+    assert [{p["name"] for p in s.parameters} for s in r.by_kind("rescale")] == [
+        {"u.weight", "d.weight"}]
+    assert r.by_kind("sign_flip")
+    torch.manual_seed(0)
+    model = SwiGLU(gate_last).double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randn(20, 3, dtype=torch.float64))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert t.shape[0] == 5 and float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
