@@ -144,6 +144,12 @@ def test_recurrent_hidden_permutations_and_bias_trades(cell):
     assert r.complete is True
     assert len(r.by_kind("permutation")) == 2 and len(r.by_kind("trade")) == 2
     assert r.continuous_dim == (32 if cell is nn.LSTM else 16)
+    # h -> -h per unit: only the tanh block (rows 8:12 of 4 x 4 or 3 x 4) flips, verified
+    signs = r.by_kind("sign_flip")
+    assert [s.group for s in signs] == ["Z_2^4", "Z_2^4"] and all(s.verified for s in signs)
+    rows = {p["index"] for s in signs for p in s.parameters
+            if p["name"] == "rnn.weight_ih_l0" and p["dim"] == 0}
+    assert rows == {"8:12"}, signs
 
 
 class GQA(nn.Module):
