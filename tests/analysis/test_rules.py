@@ -409,3 +409,46 @@ def test_gated_product_passes_a_diagonal_through_the_linear_factor(gate_last):
 
     t = tangent_vectors(rep, p)
     assert t.shape[0] == 5 and float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+
+
+class SmallMapConv(nn.Module):
+    """A large kernel on a small map (ConvNeXt's 7x7 depthwise convolutions late in the
+    network), then ReLU, flatten and a head."""
+
+    def __init__(self, conv: nn.Conv2d, size: int):
+        super().__init__()
+        self.conv = conv
+        spatial = (size,) * (conv.weight.dim() - 2)
+        n = conv(torch.zeros(1, conv.in_channels, *spatial)).numel()
+        self.head = nn.Linear(n, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("conv, size, unused", [
+    (lambda: nn.Conv2d(2, 3, 7, padding=3), 2, 6 * (49 - 9)),
+    (lambda: nn.Conv2d(2, 4, 4, groups=2, padding=2, stride=3, bias=False), 3, 0),
+    (lambda: nn.Conv2d(2, 3, 3, padding=2, dilation=2, stride=2), 2, 6 * (9 - 1)),
+    (lambda: nn.Conv2d(2, 3, 5, padding=1), 4, 0),
+    (lambda: nn.Conv1d(2, 3, 5, padding=2), 2, 6 * 2),
+])
+def test_kernel_taps_that_only_meet_padding_are_null(conv, size, unused):
+    """Weight entries whose taps never meet a real input element are null directions
+    (counted independently here); tangents null (jacrev); exact nullity where the rest of
+    the model is analysed."""
+    spatial = (size,) * (conv().weight.dim() - 2)
+    x = torch.randn(5, 2, *spatial, dtype=torch.float64)
+    r = exact(lambda: SmallMapConv(conv(), size), x, jacobian=True)
+    taps = sum(s.dim for s in r.by_kind("null") if "padding" in s.note)
+    assert taps == unused, r.table()
+    if unused:
+        assert r.complete is True and r.continuous_dim == r.jacobian_nullity, r.table()
+    torch.manual_seed(0)
+    model = SmallMapConv(conv(), size).double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randn(30, 2, *spatial, dtype=torch.float64))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert t.shape[0] == 0 or float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
