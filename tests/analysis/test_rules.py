@@ -452,3 +452,31 @@ def test_kernel_taps_that_only_meet_padding_are_null(conv, size, unused):
 
     t = tangent_vectors(rep, p)
     assert t.shape[0] == 0 or float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+
+
+class FirstTokenHead(nn.Module):
+    """``head(LN(x)[:, 0])``: a classifier on the first token of a LayerNorm output."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.norm, self.head = nn.LayerNorm(d, eps=0.0, bias=False), nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(x)[:, 0])
+
+
+def test_layernorm_null_of_a_head_reading_one_token():
+    """The selected token is still orthogonal to 1: the head's rows move along 1/gamma (3),
+    besides the gain rescale (4); tangents null (jacrev)."""
+    x = torch.randn(6, 5, 4, dtype=torch.float64)
+    r = exact(FirstTokenHead, x, jacobian=True)
+    assert [s.dim for s in r.by_kind("null")] == [3], r.table()
+    assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 7, r.table()
+    torch.manual_seed(0)
+    model = FirstTokenHead().double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randn(9, 5, 4, dtype=torch.float64))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert t.shape[0] == 7 and float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12

@@ -169,6 +169,8 @@ def select_axis(an: Any, node: Any, x: Ref, xa: list) -> None:
     if blocks is None:
         an.fix(xa[d], f"{node.name}({node.op}): indexing an axis")
         an.set_axes(node, rest)
+        if d != len(xa) - 1 and x.name in an.ln_out:  # a token of a LayerNorm output
+            an.ln_out[node.name] = an.ln_out[x.name]
         return
     j %= len(blocks)
     an.set_axes(node, block_axes(an, rest, blocks[j]))
