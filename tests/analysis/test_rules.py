@@ -116,8 +116,9 @@ def test_group_norm_permutes_groups_and_channels_within_groups():
 
 
 def test_under_reporting_names_the_parameters_of_the_gap():
-    """Linear -> eval BatchNorm -> Linear: any invertible map passes through the affine
-    BatchNorm (a point-dependent GL that is not reported); the gap names where it lives."""
+    """Linear -> eval BatchNorm -> Linear (widths 3 -> 4 -> 2): the GL through the
+    BatchNorm is reported, but its orbit is smaller at this bottleneck and the bias trade
+    ``(b0 + u, B - A u)`` is not: the gap names where the missing directions live."""
     def build():
         m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
         with torch.no_grad():
@@ -128,6 +129,7 @@ def test_under_reporting_names_the_parameters_of_the_gap():
     r = exact(build, torch.randn(5, 3, dtype=torch.float64))
     assert r.complete is False and r.jacobian_nullity > r.continuous_dim
     assert r.gaps and "0.weight" in r.gaps[0] and "2.weight" in r.gaps[0], r.gaps
+    assert [s.group for s in r.by_kind("general_linear")] == ["GL(4)"]
 
 
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
@@ -480,3 +482,41 @@ def test_layernorm_null_of_a_head_reading_one_token():
 
     t = tangent_vectors(rep, p)
     assert t.shape[0] == 7 and float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+
+
+def _bottleneck(conv: bool) -> nn.Module:
+    """A linear bottleneck (EfficientNet's projection): map -> eval BatchNorm -> map, widths
+    4 -> 3 -> 4, BatchNorm statistics away from (0, 1); the convolutional one without the
+    last bias (no trade of ``B`` against it)."""
+    if conv:
+        m = nn.Sequential(nn.Conv2d(4, 3, 1, bias=False), nn.BatchNorm2d(3),
+                          nn.Conv2d(3, 4, 1, bias=False))
+    else:
+        m = nn.Sequential(nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3), nn.Linear(3, 4))
+    with torch.no_grad():
+        m[1].running_mean.normal_(0.0, 0.5)
+        m[1].running_var.uniform_(0.5, 2.0)
+        m[1].weight.normal_(1.0, 0.3)
+    return m.eval()
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_general_linear_maps_pass_through_eval_batchnorm(conv):
+    """``M`` before the BatchNorm, ``diag(A) M diag(A)^-1`` after it: 3 x 2 off-diagonal
+    directions beside the two rescalings (3 + 3) and, for the linear one, the bias trade
+    (3); exact nullity; tangents null (jacrev)."""
+    x = torch.randn(6, 4, 2, 2, dtype=torch.float64) if conv else \
+        torch.randn(6, 4, dtype=torch.float64)
+    r = exact(lambda: _bottleneck(conv), x, jacobian=True)
+    assert [(s.group, s.dim) for s in r.by_kind("general_linear")] == [("GL(3)", 6)]
+    total = 12 if conv else 15
+    assert r.complete is True and r.continuous_dim == r.jacobian_nullity == total, r.table()
+    torch.manual_seed(0)
+    model = _bottleneck(conv).double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randn(8, *x.shape[1:], dtype=torch.float64))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert t.shape[0] == total and torch.linalg.matrix_rank(t) == total
+    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12

@@ -189,6 +189,11 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
                 "role": "trade"}
                for _w, dst in tr.get("consumers", [(tr["weight"], tr["dst"])])],
             note=tr["reason"], size=tr["dim"], action=make_action(tr.get("action", "trade"), **tr)))
+    for ex in getattr(an, "extra", []):  # symmetries found by detectors beyond the maps
+        records.append(Symmetry(ex["kind"], True, ex["group"], ex["dim"], None,
+                                params_of([a for m in ex["leaves"] for a in
+                                           leaf_index.get(m, [])]), size=ex["size"],
+                                note=ex["note"], action=make_action(ex["action"], **ex["data"])))
     if output == "logits" and an.output_linear is not None:
         ol = an.output_linear
         dim = ol["in_features"] + (1 if ol["bias"] else 0)

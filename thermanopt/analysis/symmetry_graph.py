@@ -34,6 +34,7 @@ import networkx as nx
 from . import normrot, trades
 from .graph_export import build_graph
 from .rules import BARRIER, rule_for
+from .rules.norms import find_batchnorm_gl
 from .tracing import OpNode, Ref, TracedGraph
 from .unionfind import ALL, MONOMIAL, ORTH, PERM, CoupledAxes, Seg, group_links
 
@@ -92,6 +93,8 @@ class SymmetryAnalysis(CoupledAxes):
         self.centered: list[dict] = []
         self.ln_rotations: list[dict] = []
         self.ln_shifts: list[dict] = []
+        self.bn_links: list[dict] = []  # eval BatchNorms: the spaces before and after
+        self.extra: list[dict] = []  # records of detectors beyond the maps (classify)
         self._reader_map: dict | None = None
         self._direct: dict[str, list] | None = None
         self.block_memo: dict[int, list] = {}  # split root -> clones per block (rules.blocks)
@@ -466,6 +469,7 @@ class SymmetryAnalysis(CoupledAxes):
         moved = {self.pieces[k].name for c in summed for k, _d, _p in c["producers"]}
         self.ln_shifts = [s for s in self.ln_shifts if not {s["src"], s["dst"]} & moved]
         self.centered += summed
+        self.extra = find_batchnorm_gl(self)
         self.nx = build_graph(self, piece_axes, leaves_used)
         return {"pieces": self.pieces, "piece_axes": piece_axes, "perm_groups": perm_groups,
                 "segs": self.segs}

@@ -112,6 +112,8 @@ class BatchNormRule(Rule):
         an.bias_of[node.name] = b.name
         an.reparams.append({"gamma": an.param_of[w.name], "beta": an.param_of[b.name],
                             "mean": stats[0], "var": stats[1], "eps": stats[2]})
+        an.bn_links.append({"x": list(xa[ch]), "y": list(y), "why": why,
+                            "gamma": an.param_of[w.name], "beta": an.param_of[b.name]})
         out = list(xa)
         out[ch] = y
         an.set_axes(node, out)
@@ -177,4 +179,37 @@ class GroupNormRule(Rule):
         an.set_axes(node, out)
 
 
-__all__ = ["LayerNormRule", "BatchNormRule", "GroupNormRule"]
+__all__ = ["LayerNormRule", "BatchNormRule", "GroupNormRule", "find_batchnorm_gl"]
+
+
+def _only_by(seg: Any, why: str) -> bool:
+    """``seg`` is free but for the restrictions that ``why`` itself made."""
+    return (not seg.fixed and seg.copies_of is None and not seg.shared and not seg.children
+            and not seg.absorbed and all(w == why for w, _f in seg.reasons))
+
+
+def find_batchnorm_gl(an: Any) -> list[dict]:
+    """Eval-mode BatchNorms between two spaces that nothing else restricts (a linear
+    bottleneck: conv -> BN -> conv): ``GL(n)`` passes, as ``M`` before and
+    ``diag(A) M diag(A)^{-1}`` after (:class:`~thermanopt.analysis.actions.BatchNormGLAction`);
+    its ``n (n - 1)`` off-diagonal directions add to the two rescalings."""
+    out = []
+    for rec in an.bn_links:
+        lx, ly = an.leaves(rec["x"]), an.leaves(rec["y"])
+        if len(lx) != 1 or len(ly) != 1 or lx[0][0] == ly[0][0]:
+            continue
+        x, y = lx[0][0], ly[0][0]
+        n = an.segs[x].size
+        if n < 2 or not all(_only_by(an.segs[z], rec["why"]) for z in (x, y)):
+            continue
+        mine = {x, y}
+        if any({lf for lf, _p in an.leaves(list(fa) + list(fb))} & mine and w != rec["why"]
+               for fa, fb, w in an.links):
+            continue
+        out.append({"kind": "general_linear", "group": f"GL({n})", "dim": n * (n - 1),
+                    "size": n, "leaves": [x, y], "action": "bn_gl",
+                    "note": f"through the eval-mode BatchNorm {rec['gamma']} (y = A x + B): "
+                            "M before it, diag(A) M diag(A)^-1 after it",
+                    "data": {"x": x, "y": y, "gamma": rec["gamma"], "beta": rec["beta"],
+                             "parity": {"x": lx[0][1], "y": ly[0][1]}}})
+    return out
