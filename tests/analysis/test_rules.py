@@ -520,3 +520,37 @@ def test_general_linear_maps_pass_through_eval_batchnorm(conv):
     t = tangent_vectors(rep, p)
     assert t.shape[0] == total and torch.linalg.matrix_rank(t) == total
     assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+
+
+class SummedTables(nn.Module):
+    """Token + position embeddings, summed, optionally normalised, then a head."""
+
+    def __init__(self, norm: bool, vocab: int = 10, length: int = 5, d: int = 4):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(length, d)
+        self.norm = nn.LayerNorm(d, eps=0.0) if norm else nn.Identity()
+        self.head = nn.Linear(d, 6)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        return self.head(self.norm(self.tok(idx) + self.pos(pos)))
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_summed_embedding_tables_trade_a_shift(norm):
+    """``E_tok += 1 u^T``, ``E_pos -= 1 u^T``: d directions, d - 1 when a LayerNorm reads the
+    sum (``u = 1`` is then the difference of the two tables' centring shifts); tangents
+    null (jacrev) and linearly independent of the other reported directions."""
+    x = torch.randint(0, 10, (8, 5))
+    r = exact(lambda: SummedTables(norm), x)
+    trades = [s for s in r.by_kind("trade") if "embedding" in s.note]
+    assert [s.dim for s in trades] == [3 if norm else 4], r.table()
+    torch.manual_seed(0)
+    model = SummedTables(norm).double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randint(0, 10, (20, 5)))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert torch.linalg.matrix_rank(t) == t.shape[0] == rep.continuous_dim
+    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12

@@ -25,7 +25,7 @@ from .tracing import OpNode, Ref
 from .trades import origin
 
 __all__ = ["ln_consumer", "find_centering", "find_sum_centering", "find_ln_rotations",
-           "find_ln_shifts"]
+           "find_ln_shifts", "ln_only"]
 
 
 def find_centering(an: Any, piece_axes: list, leaves_used: set, cons: dict) -> list[dict]:
@@ -53,7 +53,7 @@ def find_centering(an: Any, piece_axes: list, leaves_used: set, cons: dict) -> l
     return out
 
 
-def _ln_only(an: Any, name: str, memo: dict) -> bool:
+def ln_only(an: Any, name: str, memo: dict) -> bool:
     """Every reader of ``name`` is a LayerNorm over its last axis, or a sum of the same shape
     read only by LayerNorms (recursively)."""
     if name not in memo:
@@ -67,7 +67,7 @@ def _ln_only(an: Any, name: str, memo: dict) -> bool:
                 ok = ok and node.args[0].name == v and \
                     len(node.kwargs.get("normalized_shape", ())) == 1
             elif node.op == "add" and an.shapes.get(node.name) == an.shapes.get(name):
-                ok = ok and _ln_only(an, node.name, memo)
+                ok = ok and ln_only(an, node.name, memo)
             else:
                 ok = False
         memo[name] = ok
@@ -100,7 +100,7 @@ def find_sum_centering(an: Any, piece_axes: list) -> list[dict]:
     out: dict[int, dict] = {}
     for z in an.tg.nodes:
         if z.op != "add" or not all(isinstance(r, Ref) for r in z.args[:2]) or \
-                not an.vals.get(z.name) or not _ln_only(an, z.name, memo):
+                not an.vals.get(z.name) or not ln_only(an, z.name, memo):
             continue
         lf = an.leaves(an.vals[z.name][-1])
         if len(lf) != 1 or lf[0][0] in done:

@@ -469,6 +469,8 @@ class SymmetryAnalysis(CoupledAxes):
         moved = {self.pieces[k].name for c in summed for k, _d, _p in c["producers"]}
         self.ln_shifts = [s for s in self.ln_shifts if not {s["src"], s["dst"]} & moved]
         self.centered += summed
+        memo: dict = {}
+        trades.embedding_trades(self, lambda z: normrot.ln_only(self, z, memo))
         self.extra = find_batchnorm_gl(self)
         self.nx = build_graph(self, piece_axes, leaves_used)
         return {"pieces": self.pieces, "piece_axes": piece_axes, "perm_groups": perm_groups,

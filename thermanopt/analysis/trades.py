@@ -14,7 +14,7 @@ from typing import Any
 from .tracing import Ref
 
 __all__ = ["record_trade", "trade_candidate", "resolve_trades", "linear_trade", "sum_trade",
-           "origin", "VIEW_OPS"]
+           "origin", "embedding_trades", "VIEW_OPS"]
 
 VIEW_OPS = ("identity", "transpose", "permute", "reshape")
 _STOP = ("linear", "conv", "sdpa", "mha", "layer_norm", "rms_norm", "batch_norm", "add", "sub")
@@ -36,13 +36,15 @@ def origin(an: Any, name: str, table: dict) -> str:
 
 
 def record_trade(an: Any, src: tuple, weight: tuple | None, dst: str, why: str,
-                 consumers: list | None = None) -> None:
+                 consumers: list | None = None, size: int | None = None) -> None:
     """Record the trade of bias ``src = (name, index)`` against ``consumers``
-    (``(weight or None, bias)`` pairs that compensate)."""
+    (``(weight or None, bias)`` pairs that compensate); ``size``: the dimension when it is
+    not the length of ``src``'s (first) slice."""
     if any(t["src"] == src for t in an.trades):
         return
-    size = math.prod(an.param_shapes[src[0]]) if not src[1] else \
-        src[1][0].stop - src[1][0].start
+    if size is None:
+        size = math.prod(an.param_shapes[src[0]]) if not src[1] else \
+            src[1][0].stop - src[1][0].start
     consumers = consumers if consumers is not None else [(weight, dst)]
     stored_t = any(w is not None and len(w) > 2 for w, _d in consumers)
     an.trades.append({"action": "trade_t" if stored_t else "trade",
@@ -122,3 +124,58 @@ def sum_trade(an: Any, node: Any, x: Ref, y: Ref, xp: bool, yp: bool) -> None:
         an.bias_of[node.name] = x.name
     if x.name in an.scores_key and not yp:
         an.scores_key[node.name] = an.scores_key[x.name]
+
+
+def _lookup(an: Any, value: str, total: str) -> str | None:
+    """The embedding table read into ``value`` (through identities) when only the sum
+    ``total`` reads it."""
+    node = an.producer.get(value)
+    while node is not None and node.op == "identity" and node.args and \
+            isinstance(node.args[0], Ref):
+        node = an.producer.get(node.args[0].name)
+    if node is None or node.op != "embedding" or node.args[0].name not in an.param_of or \
+            any(r != total for r, _v in an.readers(node.name)):
+        return None
+    pname = an.param_of[node.args[0].name]
+    return None if an.tied(pname) else pname
+
+
+def _summed_tables(an: Any, z: Any) -> list[str]:
+    """Embedding tables summed by the tree of additions rooted at ``z`` (an inner sum must
+    be read by its parent only)."""
+    out = []
+    for r in z.args[:2]:
+        if not isinstance(r, Ref):
+            continue
+        node = an.producer.get(r.name)
+        if node is not None and node.op == "add" and \
+                all(x == z.name for x, _v in an.readers(node.name)):
+            out += _summed_tables(an, node)
+        else:
+            t = _lookup(an, r.name, z.name)
+            if t is not None:
+                out.append(t)
+    return out
+
+
+def embedding_trades(an: Any, centred: Any) -> None:
+    """Embedding tables summed before anything else reads them (token + position + segment):
+    ``E_1 += 1 u^T``, ``E_k -= 1 u^T`` keeps every sum ``E_1[t] + E_k[s]``. When the sum is
+    also centred (read only by LayerNorms: ``centred(z)``), ``u = 1`` is a combination of
+    the two tables' row shifts along 1, so the trade keeps ``d - 1`` coordinates."""
+    roots = [n for n in an.tg.nodes if n.op == "add" and not any(
+        r is not None and an.producer[r].op == "add" and
+        all(x == r for x, _v in an.readers(n.name)) for r, _v in an.readers(n.name))]
+    for z in roots:
+        tables = list(dict.fromkeys(_summed_tables(an, z)))
+        if len(tables) < 2:
+            continue
+        d = an.param_shapes[tables[0]][-1]
+        m = d - 1 if centred(z.name) else d
+        if m < 1:
+            continue
+        cols = (slice(None), slice(0, m))
+        for first, other in zip(tables, tables[1:]):  # consecutive pairs span every trade
+            record_trade(an, (first, cols), None, other,
+                         f"{z.name}(add): summed embedding tables", [(None, (other, cols))],
+                         size=m)
