@@ -103,16 +103,31 @@ def test_eval_batchnorm_keeps_channel_permutations_and_rescale():
     assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 8
 
 
+def _group_norm_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4, eps=0.0), nn.ReLU(),
+                         nn.Conv2d(4, 2, 1))
+
+
 def test_group_norm_permutes_groups_and_channels_within_groups():
-    """Permutations of the 2 groups, of the channels inside each group, one scale per group;
-    the per-group shift of the writer's bias (removed by the group mean) is a named gap."""
+    """Permutations of the 2 groups, of the channels inside each group, one scale per group,
+    and the per-group shift of the writer's bias (removed by the group mean: 2 directions,
+    in the null space of the Jacobian, jacrev)."""
     x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
-    r = exact(lambda: nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4), nn.ReLU(),
-                                    nn.Conv2d(4, 2, 1)), x)
+    r = exact(_group_norm_net, x)
     assert sorted(s.group for s in r.by_kind("permutation")) == ["(S_2)^2", "S_2"]
     assert [s.copies for s in r.by_kind("scale")] == [2]
-    assert r.complete is False and r.jacobian_nullity == r.continuous_dim + 2
-    assert r.gaps and "0.bias" in r.gaps[0], r.gaps
+    shifts = r.by_kind("translation")
+    assert [(s.dim, [p["name"] for p in s.parameters]) for s in shifts] == [(2, ["0.bias"])]
+    assert r.complete is True and r.jacobian_nullity == r.continuous_dim, r.table()
+    torch.manual_seed(0)
+    model = _group_norm_net().double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, torch.randn(6, 2, 4, 4, dtype=torch.float64))
+    from thermanopt.analysis.verify import tangent_vectors
+
+    t = tangent_vectors(rep, p)
+    assert torch.linalg.matrix_rank(t) == t.shape[0] == rep.continuous_dim
+    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
 
 
 def test_under_reporting_names_the_parameters_of_the_gap():
@@ -554,3 +569,21 @@ def test_summed_embedding_tables_trade_a_shift(norm):
     t = tangent_vectors(rep, p)
     assert torch.linalg.matrix_rank(t) == t.shape[0] == rep.continuous_dim
     assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+
+
+class GroupNormAndSkip(nn.Module):
+    """The conv output also feeds a skip branch: its bias may not shift per group."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.gn = nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4, eps=0.0)
+        self.b, self.c = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(torch.relu(self.gn(y))) + self.c(y)
+
+
+def test_group_shift_needs_the_group_norm_to_be_the_only_reader():
+    r = exact(GroupNormAndSkip, torch.randn(3, 2, 4, 4, dtype=torch.float64))
+    assert not r.by_kind("translation"), r.table()

@@ -34,7 +34,7 @@ import networkx as nx
 from . import normrot, trades
 from .graph_export import build_graph
 from .rules import BARRIER, rule_for
-from .rules.norms import find_batchnorm_gl
+from .rules.norms import find_batchnorm_gl, find_group_shifts
 from .tracing import OpNode, Ref, TracedGraph
 from .unionfind import ALL, MONOMIAL, ORTH, PERM, CoupledAxes, Seg, group_links
 
@@ -94,6 +94,7 @@ class SymmetryAnalysis(CoupledAxes):
         self.ln_rotations: list[dict] = []
         self.ln_shifts: list[dict] = []
         self.bn_links: list[dict] = []  # eval BatchNorms: the spaces before and after
+        self.group_shifts: list[dict] = []  # biases shifted per group before a GroupNorm
         self.extra: list[dict] = []  # records of detectors beyond the maps (classify)
         self._reader_map: dict | None = None
         self._direct: dict[str, list] | None = None
@@ -472,6 +473,7 @@ class SymmetryAnalysis(CoupledAxes):
         memo: dict = {}
         trades.embedding_trades(self, lambda z: normrot.ln_only(self, z, memo))
         self.extra = find_batchnorm_gl(self)
+        self.centered += find_group_shifts(self, piece_axes)
         self.nx = build_graph(self, piece_axes, leaves_used)
         return {"pieces": self.pieces, "piece_axes": piece_axes, "perm_groups": perm_groups,
                 "segs": self.segs}

@@ -119,6 +119,33 @@ class BatchNormRule(Rule):
         an.set_axes(node, out)
 
 
+def group_shift(an: Any, x: Any, within: list) -> None:
+    """The bias written into ``x`` just before a GroupNorm (``x`` read by nothing else) may
+    shift by one constant per group: the group mean removes it. Recorded as a centring of
+    the bias along the within-group factor (one direction per group)."""
+    node = an.producer.get(x.name)
+    if node is None or node.op not in ("conv", "linear") or node.args[2] is None or \
+            node.args[2].name not in an.param_of or len(within) != 1:
+        return
+    if any(r is None or an.tg.node(r).op != "group_norm" for r, _v in an.readers(x.name)):
+        return
+    an.group_shifts.append({"bias": an.param_of[node.args[2].name], "within": within[0]})
+
+
+def find_group_shifts(an: Any, piece_axes: list) -> list[dict]:
+    """Centring records (:class:`~thermanopt.analysis.actions.CenterAction`) of the biases
+    found by :func:`group_shift`."""
+    out = []
+    for rec in an.group_shifts:
+        leaf = an.leaves([rec["within"]])[0][0]
+        for k, pc in enumerate(an.pieces):
+            hits = [(d, pos) for d, lfs in enumerate(piece_axes[k])
+                    for pos, (z, _p) in enumerate(lfs) if z == leaf]
+            if pc.name == rec["bias"] and len(hits) == 1 and not an.tied(pc.name):
+                out.append({"leaf": leaf, "producers": [(k, *hits[0])]})
+    return out
+
+
 @register
 class GroupNormRule(Rule):
     """GroupNorm ``(N, C, *S)`` in ``G`` groups: the channel axis splits as ``G x C/G``.
@@ -154,6 +181,7 @@ class GroupNormRule(Rule):
             return g, cg
 
         g0, c0 = split(xa[1])
+        group_shift(an, x, c0)
         an.restrict(g0, PERM, f"{why}: groups have their own statistics")
         an.restrict(c0, SCALE, f"{why}: one scale per group")
         an.absorb(c0, why)
@@ -179,7 +207,8 @@ class GroupNormRule(Rule):
         an.set_axes(node, out)
 
 
-__all__ = ["LayerNormRule", "BatchNormRule", "GroupNormRule", "find_batchnorm_gl"]
+__all__ = ["LayerNormRule", "BatchNormRule", "GroupNormRule", "find_batchnorm_gl",
+           "group_shift", "find_group_shifts"]
 
 
 def _only_by(seg: Any, why: str) -> bool:
