@@ -800,3 +800,106 @@ def make_action(kind: str, **data: Any) -> Action:
     ``null``, ``trade``, ``ln_shift``, ``ln_orth``, ``ln_null``, ``center``, ``translation``,
     ``custom``) with its data."""
     return ACTIONS[kind](**data)
+
+
+# ---------------------------------------------------------------- weights stored (in, out)
+class LNNullTransposedAction(LNNullAction):
+    """:class:`LNNullAction` for a weight stored ``(in, out)`` (``y = x W + b``, GPT-2's
+    ``Conv1D``): each column moves along ``1/gamma``, the bias by ``-(beta/gamma).1``."""
+
+    kind = "ln_null_t"
+
+    def delta(self, p: dict, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = p[self.data["weight"]]
+        g = p[self.data["gamma"]] if self.data["gamma"] else torch.ones(
+            w.shape[0], dtype=w.dtype, device=w.device)
+        dw = (1.0 / g)[:, None] * c[None, :]
+        db = -c * ((p[self.data["beta"]] / g).sum()) if self.data["bias"] else None
+        return dw, db
+
+
+class TradeTransposedAction(TradeAction):
+    """:class:`TradeAction` whose compensating readers may store their weight ``(in, out)``
+    (a weight entry ``(name, index, "t")``): ``b_j -= u W_j`` for those."""
+
+    kind = "trade_t"
+
+    def _shift(self, out: dict, base: dict, u: torch.Tensor) -> None:
+        sname, sidx = self.data["src"]
+        u = u.to(base[sname])
+        _write(out, sname, sidx, u, True)
+        cons = self.data.get("consumers") or [(self.data["weight"], self.data["dst"])]
+        for w, dst in cons:
+            name, index = (dst, ()) if isinstance(dst, str) else dst
+            if not w:
+                v = u
+            else:
+                v = u @ base[w[0]] if len(w) > 2 else base[w[0]] @ u
+            _write(out, name, index, -v, True)
+
+
+ACTIONS.update({c.kind: c for c in (LNNullTransposedAction, TradeTransposedAction)})
+
+
+# ---------------------------------------------------------------- GL through eval BatchNorm
+class BatchNormGLAction(Action):
+    """General linear maps through an eval-mode BatchNorm ``y = A x + B`` (coordinates of
+    :func:`to_affine`): ``M`` on the space ``x`` before it, ``M~ = diag(A) M diag(A)^{-1}`` on
+    the space ``y`` after it (``A x' + B' = M~ y`` with ``B' = M~ B``); ``A`` is unchanged.
+    Tangent basis: the off-diagonal generators (the diagonal ones are the rescalings of the
+    two spaces, reported on their own). The generator depends on ``A``: untracked."""
+
+    kind = "bn_gl"
+    tracked = False
+
+    def random_element(self, sym, gen):
+        return random_matrix("gl", sym.size, 1, gen)
+
+    def _act(self, out: dict, base: dict, ctx: dict, m: torch.Tensor, linear: bool) -> None:
+        a = base[self.data["gamma"]].to(torch.float64)
+        mats = {"x": m, "y": (a[:, None] * m.to(a)) / a[None, :]}  # maps of the two values
+        for side in ("x", "y"):
+            mm = mats[side]
+            if self.data["parity"][side]:  # the space's root carries the dual map
+                mm = -mm.transpose(0, 1) if linear else torch.linalg.inv(mm).transpose(0, 1)
+            inv_t = None if linear else torch.linalg.inv(mm).transpose(0, 1)
+            for k, d, pos, par in ctx["leaf_index"].get(self.data[side], []):
+                pc = ctx["pieces"][k]
+                if pc.name == self.data["gamma"]:
+                    continue
+                shape, _where, offs = leaf_positions(ctx, k)
+                src = base if linear else out
+                view = _view(src, pc.name, pc.index)
+                g = (-mm.transpose(0, 1) if par else mm) if linear else (inv_t if par else mm)
+                _write(out, pc.name, pc.index,
+                       apply_axis(view, shape, offs[d] + pos, None, g.to(view)), linear)
+
+    def apply(self, params, ctx, sym, element):
+        to_affine(params, ctx)
+        self._act(params, params, ctx, element, linear=False)
+        from_affine(params, ctx)
+
+    def tangents(self, p, ctx, sym, limit, rng):
+        base = {k: v.clone() for k, v in p.items()}
+        to_affine(base, ctx)
+        n = sym.size
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        if limit and len(pairs) > limit:
+            pairs = rng.sample(pairs, limit)
+        out = []
+        dev = next(iter(p.values())).device
+        for i, j in pairs:
+            x = torch.zeros(n, n, dtype=torch.float64, device=dev)
+            x[i, j] = 1.0
+            d = _zeros(p)
+            self._act(d, base, ctx, x, linear=True)
+            push_affine(d, ctx)
+            out.append(d)
+        return out
+
+    def charge(self, tensors, ctx, sym):
+        """The Gram matrix of the parameter axes before the BatchNorm (an order parameter)."""
+        return GLAction(leaves=[self.data["x"]]).charge(tensors, ctx, _Sized(sym.size))
+
+
+ACTIONS[BatchNormGLAction.kind] = BatchNormGLAction

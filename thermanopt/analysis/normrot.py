@@ -1,7 +1,11 @@
 """Detectors of the symmetries that normalisation layers add to a residual stream.
 
 - *Centering* (translation): a space read only by LayerNorms over that axis ignores shifts
-  along ``1``, so every parameter writing into it may move along ``1``.
+  along ``1``, so every parameter writing into it may move along ``1``. The same holds for
+  one value: a sum read only by LayerNorms (directly or through further sums read only by
+  LayerNorms) ignores a shift along ``1`` of any operand, so the parameters of a linear map
+  or embedding whose output only feeds that sum may move along ``1`` (``W += 1 v^T``,
+  ``b += c 1``; embedding rows ``E_t += c_t 1``).
 - *LayerNorm nulls*: a LayerNorm output is orthogonal to ``1``; each row of the next weight
   may move along ``1/gamma`` (with ``b -= (beta/gamma).1`` per row).
 - *Rotations* ``O(n-1)``: a tied residual stream read only by LayerNorms and linear maps
@@ -20,7 +24,8 @@ from typing import Any
 from .tracing import OpNode, Ref
 from .trades import origin
 
-__all__ = ["ln_consumer", "find_centering", "find_ln_rotations", "find_ln_shifts"]
+__all__ = ["ln_consumer", "find_centering", "find_sum_centering", "find_ln_rotations",
+           "find_ln_shifts", "ln_only"]
 
 
 def find_centering(an: Any, piece_axes: list, leaves_used: set, cons: dict) -> list[dict]:
@@ -48,10 +53,84 @@ def find_centering(an: Any, piece_axes: list, leaves_used: set, cons: dict) -> l
     return out
 
 
+def ln_only(an: Any, name: str, memo: dict) -> bool:
+    """Every reader of ``name`` is a LayerNorm over its last axis, or a sum of the same shape
+    read only by LayerNorms (recursively)."""
+    if name not in memo:
+        memo[name] = False  # cycles cannot occur in a traced graph; this guards recursion
+        ok = True
+        for r, v in an.readers(name):
+            node = an.producer.get(r) if r is not None else None
+            if node is None:
+                ok = False
+            elif node.op == "layer_norm":
+                ok = ok and node.args[0].name == v and \
+                    len(node.kwargs.get("normalized_shape", ())) == 1
+            elif node.op == "add" and an.shapes.get(node.name) == an.shapes.get(name):
+                ok = ok and ln_only(an, node.name, memo)
+            else:
+                ok = False
+        memo[name] = ok
+    return memo[name]
+
+
+#: writers whose output's last axis is the row space of a parameter: op -> operand indices
+_WRITERS = {"linear": (1, 2), "addmm": (1, 2), "embedding": (0,)}
+
+
+def _writer(an: Any, value: str, total: str) -> Any:
+    """The linear map or embedding producing ``value`` (through identities), when its output
+    is read by the sum ``total`` only."""
+    node = an.producer.get(value)
+    while node is not None and node.op == "identity" and node.args and \
+            isinstance(node.args[0], Ref):
+        node = an.producer.get(node.args[0].name)
+    if node is None or node.op not in _WRITERS:
+        return None
+    if any(r != total for r, _v in an.readers(node.name)):
+        return None
+    return node
+
+
+def find_sum_centering(an: Any, piece_axes: list) -> list[dict]:
+    """Writers of the operands of sums read only by LayerNorms (see module docstring), on
+    spaces that :func:`find_centering` did not already centre."""
+    done = {c["leaf"] for c in an.centered}
+    memo: dict = {}
+    out: dict[int, dict] = {}
+    for z in an.tg.nodes:
+        if z.op != "add" or not all(isinstance(r, Ref) for r in z.args[:2]) or \
+                not an.vals.get(z.name) or not ln_only(an, z.name, memo):
+            continue
+        lf = an.leaves(an.vals[z.name][-1])
+        if len(lf) != 1 or lf[0][0] in done:
+            continue
+        leaf, side = lf[0]  # writers carry the map of the sum (same parity)
+        for r in z.args[:2]:
+            w = _writer(an, r.name, z.name)
+            if w is None:
+                continue
+            for i in _WRITERS[w.op]:
+                p = w.args[i] if i < len(w.args) else None
+                pname = an.param_of.get(p.name) if isinstance(p, Ref) else None
+                if pname is None or an.tied(pname) or pname in an.diagonal:
+                    continue
+                for k, pc in enumerate(an.pieces):
+                    hits = [(d, pos) for d, lfs in enumerate(piece_axes[k])
+                            for pos, (x, _par) in enumerate(lfs) if x == leaf]
+                    if pc.name == pname and len(hits) == 1 and \
+                            piece_axes[k][hits[0][0]][hits[0][1]][1] == side:
+                        rec = out.setdefault(leaf, {"leaf": leaf, "producers": []})
+                        if (k, *hits[0]) not in rec["producers"]:
+                            rec["producers"].append((k, *hits[0]))
+    return list(out.values())
+
+
 def ln_consumer(an: Any, x: Ref, w: Ref, bias: Ref | None, index: tuple,
-                 rows: int | None = None) -> None:
+                 rows: int | None = None, transposed: bool = False) -> None:
     """A LayerNorm output n is orthogonal to 1: each row of the next weight may move
-    along ``1/gamma`` (with ``b -= (beta/gamma).1`` per row) without changing anything."""
+    along ``1/gamma`` (with ``b -= (beta/gamma).1`` per row) without changing anything.
+    ``transposed``: the weight is stored ``(in, out)`` (its columns move)."""
     if x.name not in an.ln_out or w.name not in an.param_of:
         return
     g, be = an.ln_out[x.name]
@@ -61,8 +140,9 @@ def ln_consumer(an: Any, x: Ref, w: Ref, bias: Ref | None, index: tuple,
     if any(p.name == wname for p in an.pieces if p.index == () and
            an.tied(wname)):
         return
-    n = rows if rows is not None else an.param_shapes[wname][0]
-    an.ln_nulls.append({"weight": wname, "index": index, "rows": n, "gamma": g,
+    n = rows if rows is not None else an.param_shapes[wname][1 if transposed else 0]
+    an.ln_nulls.append({"action": "ln_null_t" if transposed else "ln_null",
+                        "weight": wname, "index": index, "rows": n, "gamma": g,
                           "beta": be, "bias": an.param_of[bias.name] if
                           (bias is not None and be is not None) else None,
                           "reason": f"rows of {wname} along 1/gamma: the LayerNorm output "

@@ -159,7 +159,7 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
             ps.append({"name": ln["bias"], "index": ":", "dim": 0, "role": "null"})
         records.append(Symmetry("null", True, f"R^{ln['rows']}", ln["rows"], None, ps,
                                 size=ln["rows"], note=ln["reason"],
-                                action=make_action("ln_null", **ln)))
+                                action=make_action(ln.get("action", "ln_null"), **ln)))
     for rot in getattr(an, "ln_rotations", []):
         n = rot["size"]
         axes = leaf_index.get(rot["leaf"], [])
@@ -188,7 +188,12 @@ def classify(an: SymmetryAnalysis, output: str = "logits") -> tuple[list[Symmetr
                 "index": ":" if isinstance(dst, str) else fmt_index(dst[1]), "dim": 0,
                 "role": "trade"}
                for _w, dst in tr.get("consumers", [(tr["weight"], tr["dst"])])],
-            note=tr["reason"], size=tr["dim"], action=make_action("trade", **tr)))
+            note=tr["reason"], size=tr["dim"], action=make_action(tr.get("action", "trade"), **tr)))
+    for ex in getattr(an, "extra", []):  # symmetries found by detectors beyond the maps
+        records.append(Symmetry(ex["kind"], True, ex["group"], ex["dim"], None,
+                                params_of([a for m in ex["leaves"] for a in
+                                           leaf_index.get(m, [])]), size=ex["size"],
+                                note=ex["note"], action=make_action(ex["action"], **ex["data"])))
     if output == "logits" and an.output_linear is not None:
         ol = an.output_linear
         dim = ol["in_features"] + (1 if ol["bias"] else 0)

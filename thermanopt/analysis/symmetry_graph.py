@@ -34,6 +34,7 @@ import networkx as nx
 from . import normrot, trades
 from .graph_export import build_graph
 from .rules import BARRIER, rule_for
+from .rules.norms import find_batchnorm_gl, find_group_shifts
 from .tracing import OpNode, Ref, TracedGraph
 from .unionfind import ALL, MONOMIAL, ORTH, PERM, CoupledAxes, Seg, group_links
 
@@ -92,7 +93,15 @@ class SymmetryAnalysis(CoupledAxes):
         self.centered: list[dict] = []
         self.ln_rotations: list[dict] = []
         self.ln_shifts: list[dict] = []
+        self.bn_links: list[dict] = []  # eval BatchNorms: the spaces before and after
+        self.group_shifts: list[dict] = []  # biases shifted per group before a GroupNorm
+        self.extra: list[dict] = []  # records of detectors beyond the maps (classify)
         self._reader_map: dict | None = None
+        self._direct: dict[str, list] | None = None
+        self.block_memo: dict[int, list] = {}  # split root -> clones per block (rules.blocks)
+        self.bias_blocks: dict[str, list] = {}  # 1-D parameter -> (index, axis) per block
+        self.slice_of: dict[str, tuple] = {}  # synthetic bias-block value -> its index
+        self.multi_bias: dict[str, list] = {}  # multi-output op -> bias value per output
         self.nx = nx.MultiDiGraph()
         for node in graph.nodes:
             self.producer[node.name] = node
@@ -271,22 +280,25 @@ class SymmetryAnalysis(CoupledAxes):
         b = self.bias_of.get(key_value)
         if b is None or b not in self.param_of:
             return
-        pname = self.param_of[b]
-        if any(n["param"] == pname for n in self.nulls):
+        pname, index = self.param_of[b], self.slice_of.get(b, ())
+        if any(n["param"] == pname and n["index"] == index for n in self.nulls):
             return
-        self.nulls.append({"param": pname, "index": (),
-                           "dim": math.prod(self.param_shapes[pname]),
+        self.nulls.append({"param": pname, "index": index,
+                           "dim": math.prod(self.shapes.get(b, self.param_shapes[pname])),
                            "reason": f"key bias before a softmax over keys ({why})"})
 
     def propagate_meta(self, node: OpNode, src: Ref) -> None:
         """Carry bias / LayerNorm / attention bookkeeping through a view-like op."""
+        last_kept = False
         if src.name in self.ln_out and node.op in ("identity", "transpose", "permute"):
             n = len(node.shape)
             dims = [d % n for d in node.kwargs.get("dims", ())]
             last_kept = (node.op == "identity" or (node.op == "transpose" and n - 1 not in dims)
                          or (node.op == "permute" and dims and dims[-1] == n - 1))
-            if last_kept:
-                self.ln_out[node.name] = self.ln_out[src.name]
+        if src.name in self.ln_out and node.op == "reshape":  # (B, T, d) -> (B T, d)
+            last_kept = self.shapes[src.name][-1:] == tuple(node.shape[-1:])
+        if last_kept:
+            self.ln_out[node.name] = self.ln_out[src.name]
         if node.op in ("transpose", "permute"):
             n = len(node.shape)
             dims = [d % n for d in node.kwargs.get("dims", ())]
@@ -298,13 +310,14 @@ class SymmetryAnalysis(CoupledAxes):
                 table[node.name] = table[src.name]
 
     def ln_consumer(self, x: Ref, w: Ref, bias: Ref | None, index: tuple,
-                    rows: int | None = None) -> None:
+                    rows: int | None = None, transposed: bool = False) -> None:
         """See :func:`.normrot.ln_consumer`."""
-        normrot.ln_consumer(self, x, w, bias, index, rows)
+        normrot.ln_consumer(self, x, w, bias, index, rows, transposed)
 
-    def linear_trade(self, node: OpNode, x: Ref, w: Ref, bias: Ref, why: str) -> None:
+    def linear_trade(self, node: OpNode, x: Ref, w: Ref, bias: Ref, why: str,
+                     transposed: bool = False) -> None:
         """See :func:`.trades.linear_trade`."""
-        trades.linear_trade(self, node, x, w, bias, why)
+        trades.linear_trade(self, node, x, w, bias, why, transposed)
 
     def note_sum(self, node: OpNode, x: Ref, y: Ref, xp: bool, yp: bool) -> None:
         """See :func:`.trades.sum_trade`."""
@@ -331,6 +344,28 @@ class SymmetryAnalysis(CoupledAxes):
                 if isinstance(r, Ref) and self.param_of.get(r.name) == pname:
                     uses += 1
         return uses > 1
+
+    def direct_readers(self, name: str) -> list[OpNode]:
+        """Every op node that takes ``name`` as an operand (nested lists included)."""
+        if self._direct is None:
+            rm: dict[str, list] = {}
+
+            def walk(a, n):
+                if isinstance(a, Ref):
+                    if n not in rm.setdefault(a.name, []):
+                        rm[a.name].append(n)
+                elif isinstance(a, (list, tuple)):
+                    for b in a:
+                        walk(b, n)
+                elif isinstance(a, dict):
+                    for b in a.values():
+                        walk(b, n)
+
+            for n in self.tg.nodes:
+                walk(n.args, n)
+                walk(n.kwargs, n)
+            self._direct = rm
+        return self._direct.get(name, [])
 
     def readers(self, name: str) -> list[tuple[str | None, str]]:
         """Every (op node, value) that reads ``name``, looking through view ops;
@@ -431,6 +466,14 @@ class SymmetryAnalysis(CoupledAxes):
         self.centered = normrot.find_centering(self, piece_axes, leaves_used, cons)
         self.ln_rotations = normrot.find_ln_rotations(self, cons)
         self.ln_shifts = normrot.find_ln_shifts(self)
+        summed = normrot.find_sum_centering(self, piece_axes)
+        moved = {self.pieces[k].name for c in summed for k, _d, _p in c["producers"]}
+        self.ln_shifts = [s for s in self.ln_shifts if not {s["src"], s["dst"]} & moved]
+        self.centered += summed
+        memo: dict = {}
+        trades.embedding_trades(self, lambda z: normrot.ln_only(self, z, memo))
+        self.extra = find_batchnorm_gl(self)
+        self.centered += find_group_shifts(self, piece_axes)
         self.nx = build_graph(self, piece_axes, leaves_used)
         return {"pieces": self.pieces, "piece_axes": piece_axes, "perm_groups": perm_groups,
                 "segs": self.segs}

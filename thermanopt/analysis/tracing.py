@@ -311,7 +311,9 @@ def _normalize(fn: str, args: list, kwargs: dict, module: str | None) -> tuple[s
             if len(args) > 6 and args[6]:
                 return "conv_transpose", list(args[:3]), {}
         bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-        return "conv", [args[0], args[1], bias], {"groups": groups}
+        geom = {k: kwargs.get(k, args[i] if len(args) > i else None)
+                for i, k in ((3, "stride"), (4, "padding"), (5, "dilation"))}
+        return "conv", [args[0], args[1], bias], {"groups": groups, **geom}
     if name == "layer_norm":
         a = list(args) + [None] * 5
         return "layer_norm", [a[0], a[2] if "weight" not in kwargs else kwargs["weight"],
@@ -452,8 +454,10 @@ def _module_node(b: _Builder, mod: nn.Module, path: str, args: list, kwargs: dic
     if isinstance(mod, nn.Linear):
         return b.add(name, "linear", [x, p("weight"), p("bias")], {}, shape, path, "Linear")
     if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-        return b.add(name, "conv", [x, p("weight"), p("bias")], {"groups": mod.groups}, shape,
-                     path, type(mod).__name__)
+        geom = {"stride": mod.stride, "dilation": mod.dilation,
+                "padding": mod.padding if mod.padding_mode == "zeros" else "nonzero"}
+        return b.add(name, "conv", [x, p("weight"), p("bias")], {"groups": mod.groups, **geom},
+                     shape, path, type(mod).__name__)
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
         training = mod.training or not mod.track_running_stats
         stats = None if training else (f"{path}.running_mean", f"{path}.running_var", mod.eps)

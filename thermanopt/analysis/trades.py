@@ -14,7 +14,7 @@ from typing import Any
 from .tracing import Ref
 
 __all__ = ["record_trade", "trade_candidate", "resolve_trades", "linear_trade", "sum_trade",
-           "origin", "VIEW_OPS"]
+           "origin", "embedding_trades", "VIEW_OPS"]
 
 VIEW_OPS = ("identity", "transpose", "permute", "reshape")
 _STOP = ("linear", "conv", "sdpa", "mha", "layer_norm", "rms_norm", "batch_norm", "add", "sub")
@@ -36,15 +36,19 @@ def origin(an: Any, name: str, table: dict) -> str:
 
 
 def record_trade(an: Any, src: tuple, weight: tuple | None, dst: str, why: str,
-                 consumers: list | None = None) -> None:
+                 consumers: list | None = None, size: int | None = None) -> None:
     """Record the trade of bias ``src = (name, index)`` against ``consumers``
-    (``(weight or None, bias)`` pairs that compensate)."""
+    (``(weight or None, bias)`` pairs that compensate); ``size``: the dimension when it is
+    not the length of ``src``'s (first) slice."""
     if any(t["src"] == src for t in an.trades):
         return
-    size = math.prod(an.param_shapes[src[0]]) if not src[1] else \
-        src[1][0].stop - src[1][0].start
+    if size is None:
+        size = math.prod(an.param_shapes[src[0]]) if not src[1] else \
+            src[1][0].stop - src[1][0].start
     consumers = consumers if consumers is not None else [(weight, dst)]
-    an.trades.append({"src": src, "weight": consumers[0][0], "dst": consumers[0][1],
+    stored_t = any(w is not None and len(w) > 2 for w, _d in consumers)
+    an.trades.append({"action": "trade_t" if stored_t else "trade",
+                      "src": src, "weight": consumers[0][0], "dst": consumers[0][1],
                       "consumers": consumers, "dim": size,
                       "reason": f"a bias and the bias(es) of its reader(s) exchange a "
                                 f"shift ({why})"})
@@ -61,9 +65,10 @@ def trade_candidate(an: Any, src: tuple, orig: str, reader: str, weight: tuple |
 def resolve_trades(an: Any) -> None:
     """Keep the candidates whose every reader compensates (see module docstring)."""
     groups: dict[tuple, list] = {}
-    for c in an.trade_cands:
-        groups.setdefault((c["src"], c["origin"]), []).append(c)
-    for (src, orig), cands in groups.items():
+    for c in an.trade_cands:  # slices are unhashable before Python 3.12: key on their repr
+        groups.setdefault((c["src"][0], repr(c["src"][1]), c["origin"]), []).append(c)
+    for cands in groups.values():
+        src, orig = cands[0]["src"], cands[0]["origin"]
         by_reader = {c["reader"]: c for c in cands}
         readers = an.readers(orig)
         ok = bool(readers) and all(r in by_reader for r, _v in readers)
@@ -81,14 +86,16 @@ def resolve_trades(an: Any) -> None:
                      ", ".join(c["why"] for c in by_reader.values()), cons)
 
 
-def linear_trade(an: Any, node: Any, x: Ref, w: Ref, bias: Ref, why: str) -> None:
-    """Candidate trade of the bias feeding ``x`` against the bias of ``linear(x, w, bias)``."""
+def linear_trade(an: Any, node: Any, x: Ref, w: Ref, bias: Ref, why: str,
+                 transposed: bool = False) -> None:
+    """Candidate trade of the bias feeding ``x`` against the bias of ``linear(x, w, bias)``
+    (``transposed``: ``x @ w + bias`` with ``w`` stored ``(in, out)``)."""
     src, orig, via = an.trade_src.get(x.name), None, None
     if src is not None:
         orig = origin(an, x.name, an.trade_src)
         via = an.trade_via.get(orig)
     elif x.name in an.bias_of and an.bias_of[x.name] in an.param_of and \
-            an.shp(Ref(an.bias_of[x.name])) == (an.shp(w)[1],):
+            an.shp(Ref(an.bias_of[x.name])) == (an.shp(w)[0 if transposed else 1],):
         src = (an.param_of[an.bias_of[x.name]], ())
         orig = origin(an, x.name, an.bias_of)
     if src is not None and w.name in an.param_of and bias.name in an.param_of \
@@ -96,8 +103,8 @@ def linear_trade(an: Any, node: Any, x: Ref, w: Ref, bias: Ref, why: str) -> Non
         checks = []
         if via is not None:  # the value bias must reach only this attention
             checks.append((origin(an, via, an.bias_of), orig))
-        trade_candidate(an, src, orig, node.name, (an.param_of[w.name], ()),
-                        an.param_of[bias.name], why, checks)
+        weight = (an.param_of[w.name], (), "t") if transposed else (an.param_of[w.name], ())
+        trade_candidate(an, src, orig, node.name, weight, an.param_of[bias.name], why, checks)
 
 
 def sum_trade(an: Any, node: Any, x: Ref, y: Ref, xp: bool, yp: bool) -> None:
@@ -117,3 +124,58 @@ def sum_trade(an: Any, node: Any, x: Ref, y: Ref, xp: bool, yp: bool) -> None:
         an.bias_of[node.name] = x.name
     if x.name in an.scores_key and not yp:
         an.scores_key[node.name] = an.scores_key[x.name]
+
+
+def _lookup(an: Any, value: str, total: str) -> str | None:
+    """The embedding table read into ``value`` (through identities) when only the sum
+    ``total`` reads it."""
+    node = an.producer.get(value)
+    while node is not None and node.op == "identity" and node.args and \
+            isinstance(node.args[0], Ref):
+        node = an.producer.get(node.args[0].name)
+    if node is None or node.op != "embedding" or node.args[0].name not in an.param_of or \
+            any(r != total for r, _v in an.readers(node.name)):
+        return None
+    pname = an.param_of[node.args[0].name]
+    return None if an.tied(pname) else pname
+
+
+def _summed_tables(an: Any, z: Any) -> list[str]:
+    """Embedding tables summed by the tree of additions rooted at ``z`` (an inner sum must
+    be read by its parent only)."""
+    out = []
+    for r in z.args[:2]:
+        if not isinstance(r, Ref):
+            continue
+        node = an.producer.get(r.name)
+        if node is not None and node.op == "add" and \
+                all(x == z.name for x, _v in an.readers(node.name)):
+            out += _summed_tables(an, node)
+        else:
+            t = _lookup(an, r.name, z.name)
+            if t is not None:
+                out.append(t)
+    return out
+
+
+def embedding_trades(an: Any, centred: Any) -> None:
+    """Embedding tables summed before anything else reads them (token + position + segment):
+    ``E_1 += 1 u^T``, ``E_k -= 1 u^T`` keeps every sum ``E_1[t] + E_k[s]``. When the sum is
+    also centred (read only by LayerNorms: ``centred(z)``), ``u = 1`` is a combination of
+    the two tables' row shifts along 1, so the trade keeps ``d - 1`` coordinates."""
+    roots = [n for n in an.tg.nodes if n.op == "add" and not any(
+        r is not None and an.producer[r].op == "add" and
+        all(x == r for x, _v in an.readers(n.name)) for r, _v in an.readers(n.name))]
+    for z in roots:
+        tables = list(dict.fromkeys(_summed_tables(an, z)))
+        if len(tables) < 2:
+            continue
+        d = an.param_shapes[tables[0]][-1]
+        m = d - 1 if centred(z.name) else d
+        if m < 1:
+            continue
+        cols = (slice(None), slice(0, m))
+        for first, other in zip(tables, tables[1:]):  # consecutive pairs span every trade
+            record_trade(an, (first, cols), None, other,
+                         f"{z.name}(add): summed embedding tables", [(None, (other, cols))],
+                         size=m)

@@ -87,7 +87,7 @@ class SDPARule(Rule):
         an.null_bias(k.name, why)
         vb = an.bias_of.get(v.name)
         if vb is not None and vb in an.param_of:
-            an.trade_src[node.name] = (an.param_of[vb], ())
+            an.trade_src[node.name] = (an.param_of[vb], an.slice_of.get(vb, ()))
             an.trade_via[node.name] = v.name
 
 

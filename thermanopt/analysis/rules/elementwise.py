@@ -63,8 +63,9 @@ class PermOnlyRule(Rule):
 class BinaryRule(Rule):
     """``add``/``sub``/``mul``/``div``: couples broadcast operands.
 
-    Sums allow any map shared by both operands (GL); a product of two activations, or a
-    constant added, allows permutations only; a product with a parameter is a diagonal
+    Sums allow any map shared by both operands (GL); a product of two activations passes a
+    diagonal through one factor (:func:`product`), else permutations only, as a constant
+    added does; a product with a parameter is a diagonal
     linear map (:meth:`diag`); multiplying by a constant keeps everything.
     """
 
@@ -82,6 +83,8 @@ class BinaryRule(Rule):
             if op == "mul" and xp != yp:
                 diag(an, node, y if xp else x, x if xp else y)
                 return
+            if op == "mul" and not xp and product(an, node, x, y):
+                return
             out = an.broadcast(node, x, y)
             an.restrict(_all(out), PERM, f"{why}: elementwise product")
             an.set_axes(node, out)
@@ -96,6 +99,43 @@ class BinaryRule(Rule):
         an.set_axes(node, axes)
         if op in ("mul", "div"):
             an.propagate_meta(node, t)
+
+
+def _scalable(an: Any, axis: list) -> bool:
+    return bool(axis) and all("pdiag" in an.segs[r].feat and not an.segs[r].fixed
+                              for r, _p in an.leaves(axis))
+
+
+def product(an: Any, node: Any, x: Ref, y: Ref) -> bool:
+    """``z = a * b`` of two activations of one shape (a gated unit, SwiGLU's
+    ``silu(W_g h) * (W_u h)``): a diagonal ``D`` on the last axis of one factor, the
+    *carrier*, passes to ``z`` (``a * (D b) = D z``), so the carrier's space is ``z``'s
+    (signed diagonal x permutation); the other factor keeps only the permutation it shares
+    (a link). The carrier is the factor that still allows a diagonal (the second one when
+    both do: the first then loses its own). False when neither does (the caller keeps
+    permutations only)."""
+    sa, sb = an.shp(x), an.shp(y)
+    if sa != sb or not sa or sa[-1] < 2:
+        return False
+    xa, ya = an.ax(x), an.ax(y)
+    if _scalable(an, ya[-1]):
+        carrier, other = ya[-1], xa[-1]
+    elif _scalable(an, xa[-1]):
+        carrier, other = xa[-1], ya[-1]
+    else:
+        return False
+    why = f"{node.name}(gated product)"
+    out = []
+    for k in range(len(sa) - 1):
+        if sa[k] > 1:
+            an.unify(xa[k], ya[k], 0, why)
+            an.restrict(xa[k], PERM, why)
+        out.append(xa[k])
+    an.restrict(other, PERM, f"{why}: the other factor")
+    an.restrict(carrier, MONOMIAL, why)
+    an.link(other, carrier, why)
+    an.set_axes(node, out + [carrier])
+    return True
 
 
 def diag(an: Any, node: Any, x: Ref, p: Ref) -> None:

@@ -7,6 +7,7 @@ nonlinearities around restrict it (Ziyin, Xu & Chuang, arXiv 2505.12387, §2.2).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..tracing import Ref
@@ -50,6 +51,8 @@ class AddmmRule(Rule):
         if isinstance(bias, Ref) and len(an.shp(bias)) == 1:
             an.unify(an.ax(bias)[0], wa[1], 0, why)
             an.bias_of[node.name] = bias.name
+            an.linear_trade(node, x, w, bias, why, transposed=True)
+            an.ln_consumer(x, w, bias, (), transposed=True)
         elif isinstance(bias, Ref):
             an.fix(wa[1], f"{why}: broadcast bias")
         an.set_axes(node, list(xa[:-1]) + [wa[1]])
@@ -81,7 +84,17 @@ class MatmulRule(Rule):
                 an.unify(xa[ia], ya[ib], 0, why)
             out.append(xa[ia] if za > 1 else (ya[ib] if zb > 1 else []))
         an.set_axes(node, out + [xa[-2], ya[-1]])
-        an.scores_key[node.name] = y.name
+        an.scores_key[node.name] = _untransposed(an, y)
+
+
+def _untransposed(an: Any, y: Ref) -> str:
+    """The keys before ``k.transpose(-2, -1)`` (their bias is recorded on the last axis)."""
+    node = an.producer.get(y.name)
+    if node is not None and node.op == "transpose" and isinstance(node.args[0], Ref):
+        n = len(node.shape)
+        if sorted(d % n for d in node.kwargs["dims"]) == [n - 2, n - 1]:
+            return node.args[0].name
+    return y.name
 
 
 @register
@@ -123,6 +136,55 @@ class ConvRule(Rule):
             an.unify(an.ax(bias)[0], out_ch, 0, why)
             an.bias_of[node.name] = bias.name
         an.set_axes(node, [xa[0], out_ch] + spatial)
+        null_taps(an, node, why)
+
+
+def _per_dim(v: Any, n: int, default: int) -> list[int] | None:
+    """A conv geometry argument (int or sequence, None for the default) as ``n`` ints."""
+    if v is None:
+        return [default] * n
+    if isinstance(v, int):
+        return [v] * n
+    if isinstance(v, (list, tuple)) and all(isinstance(a, int) for a in v):
+        return list(v) * n if len(v) == 1 else list(v)
+    return None  # "same"/"valid" strings, non-zero padding modes: not analysed
+
+
+def used_taps(size: int, out: int, k: int, stride: int, pad: int, dil: int) -> tuple[int, int]:
+    """``[lo, hi)``: kernel taps ``j`` that meet a real input element for some output
+    position ``o`` (``0 <= o stride - pad + j dil < size``); the others only ever multiply
+    the zero padding."""
+    used = [j for j in range(k) if any(0 <= o * stride - pad + j * dil < size
+                                       for o in range(out))]
+    return (used[0], used[-1] + 1) if used else (0, 0)
+
+
+def null_taps(an: Any, node: Any, why: str) -> None:
+    """Weight entries at kernel taps that only see zero padding (a 7x7 kernel on a 2x2
+    map uses 3x3 of its taps): null directions, one record per slab of unused taps."""
+    x, w = node.args[:2]
+    sx, sw = an.shp(x), an.shp(w)
+    nd = len(sw) - 2
+    geo = [_per_dim(node.kwargs.get(k), nd, d) for k, d in
+           (("stride", 1), ("padding", 0), ("dilation", 1))]
+    if w.name not in an.param_of or any(g is None or len(g) != nd for g in geo) or \
+            len(sx) != nd + 2:
+        return
+    pname = an.param_of[w.name]
+    if an.tied(pname):
+        return
+    ranges = [used_taps(sx[2 + i], node.shape[2 + i], sw[2 + i], geo[0][i], geo[1][i],
+                        geo[2][i]) for i in range(nd)]
+    lead = (slice(None), slice(None))
+    for i, (lo, hi) in enumerate(ranges):
+        inner = tuple(slice(a, b) for a, b in ranges[:i])
+        for a, b in ((0, lo), (hi, sw[2 + i])):
+            if b > a:
+                index = lead + inner + (slice(a, b),)
+                dim = sw[0] * sw[1] * (b - a) * math.prod(
+                    hb - ha for ha, hb in ranges[:i]) * math.prod(sw[3 + i:])
+                an.nulls.append({"param": pname, "index": index, "dim": dim,
+                                 "reason": f"kernel taps that only meet zero padding ({why})"})
 
 
 def depthwise(an: Any, node: Any, xc: list, wc: list, y: list, why: str) -> None:

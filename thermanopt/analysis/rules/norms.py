@@ -112,9 +112,38 @@ class BatchNormRule(Rule):
         an.bias_of[node.name] = b.name
         an.reparams.append({"gamma": an.param_of[w.name], "beta": an.param_of[b.name],
                             "mean": stats[0], "var": stats[1], "eps": stats[2]})
+        an.bn_links.append({"x": list(xa[ch]), "y": list(y), "why": why,
+                            "gamma": an.param_of[w.name], "beta": an.param_of[b.name]})
         out = list(xa)
         out[ch] = y
         an.set_axes(node, out)
+
+
+def group_shift(an: Any, x: Any, within: list) -> None:
+    """The bias written into ``x`` just before a GroupNorm (``x`` read by nothing else) may
+    shift by one constant per group: the group mean removes it. Recorded as a centring of
+    the bias along the within-group factor (one direction per group)."""
+    node = an.producer.get(x.name)
+    if node is None or node.op not in ("conv", "linear") or node.args[2] is None or \
+            node.args[2].name not in an.param_of or len(within) != 1:
+        return
+    if any(r is None or an.tg.node(r).op != "group_norm" for r, _v in an.readers(x.name)):
+        return
+    an.group_shifts.append({"bias": an.param_of[node.args[2].name], "within": within[0]})
+
+
+def find_group_shifts(an: Any, piece_axes: list) -> list[dict]:
+    """Centring records (:class:`~thermanopt.analysis.actions.CenterAction`) of the biases
+    found by :func:`group_shift`."""
+    out = []
+    for rec in an.group_shifts:
+        leaf = an.leaves([rec["within"]])[0][0]
+        for k, pc in enumerate(an.pieces):
+            hits = [(d, pos) for d, lfs in enumerate(piece_axes[k])
+                    for pos, (z, _p) in enumerate(lfs) if z == leaf]
+            if pc.name == rec["bias"] and len(hits) == 1 and not an.tied(pc.name):
+                out.append({"leaf": leaf, "producers": [(k, *hits[0])]})
+    return out
 
 
 @register
@@ -152,6 +181,7 @@ class GroupNormRule(Rule):
             return g, cg
 
         g0, c0 = split(xa[1])
+        group_shift(an, x, c0)
         an.restrict(g0, PERM, f"{why}: groups have their own statistics")
         an.restrict(c0, SCALE, f"{why}: one scale per group")
         an.absorb(c0, why)
@@ -177,4 +207,38 @@ class GroupNormRule(Rule):
         an.set_axes(node, out)
 
 
-__all__ = ["LayerNormRule", "BatchNormRule", "GroupNormRule"]
+__all__ = ["LayerNormRule", "BatchNormRule", "GroupNormRule", "find_batchnorm_gl",
+           "group_shift", "find_group_shifts"]
+
+
+def _only_by(seg: Any, why: str) -> bool:
+    """``seg`` is free but for the restrictions that ``why`` itself made."""
+    return (not seg.fixed and seg.copies_of is None and not seg.shared and not seg.children
+            and not seg.absorbed and all(w == why for w, _f in seg.reasons))
+
+
+def find_batchnorm_gl(an: Any) -> list[dict]:
+    """Eval-mode BatchNorms between two spaces that nothing else restricts (a linear
+    bottleneck: conv -> BN -> conv): ``GL(n)`` passes, as ``M`` before and
+    ``diag(A) M diag(A)^{-1}`` after (:class:`~thermanopt.analysis.actions.BatchNormGLAction`);
+    its ``n (n - 1)`` off-diagonal directions add to the two rescalings."""
+    out = []
+    for rec in an.bn_links:
+        lx, ly = an.leaves(rec["x"]), an.leaves(rec["y"])
+        if len(lx) != 1 or len(ly) != 1 or lx[0][0] == ly[0][0]:
+            continue
+        x, y = lx[0][0], ly[0][0]
+        n = an.segs[x].size
+        if n < 2 or not all(_only_by(an.segs[z], rec["why"]) for z in (x, y)):
+            continue
+        mine = {x, y}
+        if any({lf for lf, _p in an.leaves(list(fa) + list(fb))} & mine and w != rec["why"]
+               for fa, fb, w in an.links):
+            continue
+        out.append({"kind": "general_linear", "group": f"GL({n})", "dim": n * (n - 1),
+                    "size": n, "leaves": [x, y], "action": "bn_gl",
+                    "note": f"through the eval-mode BatchNorm {rec['gamma']} (y = A x + B): "
+                            "M before it, diag(A) M diag(A)^-1 after it",
+                    "data": {"x": x, "y": y, "gamma": rec["gamma"], "beta": rec["beta"],
+                             "parity": {"x": lx[0][1], "y": ly[0][1]}}})
+    return out

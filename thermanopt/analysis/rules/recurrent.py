@@ -6,9 +6,17 @@ symmetry when it acts on the rows of every gate block of ``W_ih``, ``W_hh``, ``b
 (the same ``P`` for all blocks), on the columns of ``W_hh`` and on the readers of ``h``;
 the gate nonlinearities (sigmoid, tanh) allow nothing continuous. Both biases enter only as
 their sum in the LSTM, and in the reset and update gates of the GRU: a bias trade
-``(b_ih + u, b_hh - u)`` (Ziyin, Xu & Chuang, arXiv 2505.12387, §2). Sign flips (``h -> -h``
-with only the tanh block flipped) are not reported. Bidirectional layers, or a non-zero
-initial state, are barriers.
+``(b_ih + u, b_hh - u)`` (Ziyin, Xu & Chuang, arXiv 2505.12387, §2).
+
+Sign flips ``h_i -> -h_i``: the LSTM's ``h = o * tanh(c)``, ``c = f * c + i * g`` with
+``g = tanh(.)`` odd and ``i, f, o`` sigmoids (positive) keeps ``h`` flipped exactly when ``c``
+and ``g`` are: the rows of the ``g`` block (block 2 of ``i, f, g, o``) of ``W_ih, W_hh, b_ih,
+b_hh`` flip, with the columns of ``W_hh`` (all blocks) and of every reader of ``h``. The GRU's
+``h' = (1 - z) * n + z * h`` with ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`` flips with
+``n``: the rows of block 2 (``r, z, n``) flip. So each layer's gate rows are pieces per block:
+block 2 on the hidden space (signed permutations), the other blocks on a space sharing its
+permutation (permutations only). Bidirectional layers, or a non-zero initial state, are
+barriers.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..tracing import Ref
-from ..unionfind import PERM
+from ..unionfind import PERM, SIGN
 from .registry import Rule, register
 
 
@@ -33,6 +41,21 @@ def _reads_states(an: Any, node: Any) -> bool:
     """Whether the final states (outputs 1, 2) are read by any live operation."""
     return any(n.op == "item" and n.args and getattr(n.args[0], "name", None) == node.name
                and n.kwargs.get("index", 0) > 0 for n in an.tg.nodes)
+
+
+def gate_pieces(an: Any, p: Ref, G: int, h: list, gates: list, cols: list | None) -> None:
+    """Pieces of the gate parameter ``p`` (``G`` blocks of rows): block 2 (LSTM ``g``, GRU
+    ``n``) on ``h``, the others on ``gates``; the columns (weights) read ``cols``."""
+    pname = an.param_of[p.name]
+    shape = an.shp(p)
+    H = shape[0] // G
+    for j in range(G):
+        axes = [an.new_axis(H)] + ([an.new_axis(shape[1])] if cols is not None else [])
+        an.unify(axes[0], h if j == 2 else gates, 0, f"{pname}: gate block {j}")
+        if cols is not None:
+            an.unify(axes[1], cols, 1, f"{pname}: columns")
+        an.add_piece(pname, (slice(j * H, (j + 1) * H),), (H,) + tuple(shape[1:]), axes)
+    an.pieces = [pc for pc in an.pieces if not (pc.name == pname and pc.index == ())]
 
 
 @register
@@ -61,17 +84,16 @@ class RecurrentRule(Rule):
         for layer in range(kw["num_layers"]):
             w_ih, w_hh = params[per * layer], params[per * layer + 1]
             H = an.shp(w_hh)[1]
-            h = an.new_axis(H)
-            an.restrict(h, PERM, f"{why}: gates")
-            for w in (w_ih, w_hh):
-                wa = an.ax(w)
-                an.unify(wa[0], [an.new_seg(G, fixed=True)] + h, 0, f"{why}: gate blocks")
-            an.unify(an.ax(w_ih)[1], inp, 1, why)
-            an.unify(an.ax(w_hh)[1], h, 1, f"{why}: recurrence")
+            h, gates = an.new_axis(H), an.new_axis(H)
+            an.restrict(h, SIGN, f"{why}: tanh block (odd)")
+            an.restrict(gates, PERM, f"{why}: sigmoid gates")
+            an.link(h, gates, f"{why}: gate blocks")
+            gate_pieces(an, w_ih, G, h, gates, inp)
+            gate_pieces(an, w_hh, G, h, gates, h)
             if kw["has_biases"]:
                 b_ih, b_hh = params[per * layer + 2], params[per * layer + 3]
                 for b in (b_ih, b_hh):
-                    an.unify(an.ax(b)[0], [an.new_seg(G, fixed=True)] + h, 0, why)
+                    gate_pieces(an, b, G, h, gates, None)
                 rows = G * H if G == 4 else 2 * H
                 an.trade((an.param_of[b_ih.name], (slice(0, rows),)), None,
                          an.param_of[b_hh.name], f"{why}: gate biases enter as a sum",
@@ -86,4 +108,4 @@ class RecurrentRule(Rule):
         an.set_multi(node, [out] + states)
 
 
-__all__ = ["RecurrentRule"]
+__all__ = ["RecurrentRule", "gate_pieces"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..tracing import Ref
 from ..unionfind import PERM, RELU
+from .blocks import block_axes, block_biases, split_blocks
 from .registry import Rule, register
 
 
@@ -115,9 +116,7 @@ class SelectRule(Rule):
         xa, sx = an.ax(x), an.shp(x)
         why = f"{node.name}({node.op})"
         if node.op == "select":
-            d = node.kwargs["dim"] % len(xa)
-            an.fix(xa[d], f"{why}: indexing an axis")
-            an.set_axes(node, [a for k, a in enumerate(xa) if k != d])
+            select_axis(an, node, x, xa)
             return
         if node.op == "slice":
             d = node.kwargs["dim"] % len(xa)
@@ -158,6 +157,26 @@ class SelectRule(Rule):
         out.extend(xa[d:])
         an.set_axes(node, [an.new_axis(node.shape[k], True) if o is None else o
                            for k, o in enumerate(out)])
+
+
+def select_axis(an: Any, node: Any, x: Ref, xa: list) -> None:
+    """``x.select(d, j)``: block ``j`` of a fused projection (:func:`.blocks.split_blocks`),
+    or an indexed (pinned) axis."""
+    d = node.kwargs["dim"] % len(xa)
+    j = node.kwargs["index"]
+    rest = [a for k, a in enumerate(xa) if k != d]
+    blocks = split_blocks(an, node, x, d, [], outer=True) if isinstance(j, int) else None
+    if blocks is None:
+        an.fix(xa[d], f"{node.name}({node.op}): indexing an axis")
+        an.set_axes(node, rest)
+        if d != len(xa) - 1 and x.name in an.ln_out:  # a token of a LayerNorm output
+            an.ln_out[node.name] = an.ln_out[x.name]
+        return
+    j %= len(blocks)
+    an.set_axes(node, block_axes(an, rest, blocks[j]))
+    bias = block_biases(an, x, len(blocks))[j]
+    if bias is not None:
+        an.bias_of[node.name] = bias
 
 
 @register
@@ -224,8 +243,10 @@ class CatRule(Rule):
 
 @register
 class SplitRule(Rule):
-    """``split``/``unbind``/``chunk`` (several outputs): the split axis is pinned (removed by
-    ``unbind``); the other axes are shared by every output."""
+    """``split``/``unbind``/``chunk`` (several outputs): the other axes are shared by every
+    output. The split axis is cut into independent blocks where :func:`.blocks.split_blocks`
+    can re-piece its parameters (a fused projection); otherwise it is pinned (removed by
+    ``unbind``)."""
 
     ops = ("split", "unbind")
 
@@ -234,15 +255,24 @@ class SplitRule(Rule):
         xa = an.ax(x)
         d = node.kwargs["dim"] % len(xa)
         why = f"{node.name}({node.op})"
-        an.fix(xa[d], f"{why}: split axis")
+        shapes = node.meta["shapes"]
+        unbind = node.op == "unbind"
+        blocks = split_blocks(an, node, x, d, [sh[d] for sh in shapes] if not unbind else [],
+                              outer=unbind)
+        if blocks is None:
+            an.fix(xa[d], f"{why}: split axis")
         outs = []
-        for shape in node.meta["shapes"]:
-            if node.op == "unbind":
-                outs.append([a for k, a in enumerate(xa) if k != d])
+        for j, shape in enumerate(shapes):
+            if unbind:
+                o = [a for k, a in enumerate(xa) if k != d]
+                outs.append(o if blocks is None else block_axes(an, o, blocks[j]))
             else:
                 o = list(xa)
-                o[d] = an.new_axis(shape[d], True)
+                o[d] = an.new_axis(shape[d], True) if blocks is None else \
+                    block_axes(an, [xa[d]], blocks[j])[0]
                 outs.append(o)
+        if blocks is not None:
+            an.multi_bias[node.name] = block_biases(an, x, len(shapes))
         an.set_multi(node, outs)
 
 
@@ -265,6 +295,9 @@ class ItemRule(Rule):
             an.barrier(node, "output of an operation without a rule")
             return
         an.set_axes(node, list(outs[k]))
+        biases = an.multi_bias.get(src.name)
+        if biases and biases[k] is not None:
+            an.bias_of[node.name] = biases[k]
 
 
 @register
