@@ -183,8 +183,9 @@ def null_taps(an: Any, node: Any, why: str) -> None:
                 index = lead + inner + (slice(a, b),)
                 dim = sw[0] * sw[1] * (b - a) * math.prod(
                     hb - ha for ha, hb in ranges[:i]) * math.prod(sw[3 + i:])
-                an.nulls.append({"param": pname, "index": index, "dim": dim,
-                                 "reason": f"kernel taps that only meet zero padding ({why})"})
+                reason = ("kernel taps that only meet zero padding at the example input's "
+                          f"spatial size ({why})")
+                an.nulls.append({"param": pname, "index": index, "dim": dim, "reason": reason})
 
 
 def depthwise(an: Any, node: Any, xc: list, wc: list, y: list, why: str) -> None:
