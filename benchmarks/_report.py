@@ -57,11 +57,12 @@ def clock_for(device) -> Callable[[], float]:
 
 
 def time_rounds(fns: dict[str, Callable[[], object]], device, rounds: int, *,
-                warmup: bool = True) -> dict[str, list[float]]:
+                warmup: bool = True,
+                clock: Callable[[], float] | None = None) -> dict[str, list[float]]:
     """Per-round times of every function of ``fns``, run back to back in each round
     (round-robin, after one warm-up call each unless ``warmup`` is False), so that ratios of
-    the same round share the machine's state."""
-    clock = clock_for(device)
+    the same round share the machine's state. ``clock``: :func:`clock_for` by default."""
+    clock = clock or clock_for(device)
     if warmup:
         for fn in fns.values():
             fn()

@@ -32,74 +32,20 @@ Usage: python benchmarks/bench_entropic_loss.py [--quick] [--device cuda] [--jso
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import pathlib
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import torch
-from _report import add_common_arguments, emit  # noqa: E402
+from _before import load_package, submodule  # noqa: E402
+from _report import add_common_arguments, emit, median_ratio, time_rounds  # noqa: E402
 from torch import nn
 
 from thermanopt.entropy.entropic_loss import entropic_loss
 
 
-def _sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time_all(fns, device, repeats, clock=None):
-    """Per-round times of each function, timed round-robin (one warm-up each).
-
-    ``clock`` defaults to the process's CPU time on the CPU (insensitive to the other
-    processes of a shared machine; with one torch thread it equals the busy wall time)
-    and to the wall clock on CUDA.
-    """
-    if clock is None:
-        clock = time.perf_counter if str(device).startswith("cuda") else time.process_time
-    for fn in fns.values():
-        fn()
-    _sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = clock()
-            fn()
-            _sync(device)
-            times[k].append(clock() - t)
-    return times
-
-
-def _ratio(times, key, base="base"):
-    """Median over rounds of ``times[key] / times[base]``."""
-    return statistics.median(a / b for a, b in zip(times[key], times[base]))
-
-
 def load_before(rev: str):
     """``entropic_loss`` of git revision ``rev`` (None if git or the revision is missing)."""
-    root = pathlib.Path(__file__).resolve().parent.parent
-    try:
-        src = subprocess.run(
-            ["git", "show", f"{rev}:thermanopt/entropy/entropic_loss.py"],
-            cwd=root,
-            capture_output=True,
-            check=True,
-            text=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        print(f"(no 'before' column: git show {rev} failed)")
-        return None
-    path = pathlib.Path(tempfile.mkdtemp()) / "entropic_loss_before.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("entropic_loss_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.entropic_loss
+    package = load_package(rev)
+    return None if package is None else submodule(package, "entropy.entropic_loss").entropic_loss
 
 
 def mlp(quick: bool) -> tuple[nn.Module, int, tuple[int, ...]]:
@@ -183,19 +129,19 @@ def bench(name, factory, quick, device, repeats, before=None, batch_size=8, cloc
         if before is not None:
             fns["before"] = make(before, bs, **kw)
         try:
-            t = _time_all(fns, device, repeats, clock)
+            t = time_rounds(fns, device, repeats, clock=clock)
         except RuntimeError as exc:  # e.g. out of memory for per-sample gradients
             print(f"{name} {label}: failed ({str(exc).splitlines()[0]})")
             continue
         note = f"target <= {target}x"
         if "before" in t:
-            note = f"before {_ratio(t, 'before'):.2f}x; " + note
+            note = f"before {median_ratio(t, 'before', 'base'):.2f}x; " + note
         rows.append(
             {
                 "benchmark": f"{name}: {label}",
                 "size": size,
                 "time_s": min(t["after"]),
-                "ratio": _ratio(t, "after"),
+                "ratio": median_ratio(t, "after", "base"),
                 "note": note,
             }
         )
