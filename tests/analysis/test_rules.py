@@ -119,15 +119,8 @@ def test_group_norm_permutes_groups_and_channels_within_groups():
     shifts = r.by_kind("translation")
     assert [(s.dim, [p["name"] for p in s.parameters]) for s in shifts] == [(2, ["0.bias"])]
     assert r.complete is True and r.jacobian_nullity == r.continuous_dim, r.table()
-    torch.manual_seed(0)
-    model = _group_norm_net().double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randn(6, 2, 4, 4, dtype=torch.float64))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
+    t, rep = null_tangents(_group_norm_net, x, torch.randn(6, 2, 4, 4, dtype=torch.float64))
     assert torch.linalg.matrix_rank(t) == t.shape[0] == rep.continuous_dim
-    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
 
 
 def test_under_reporting_names_the_parameters_of_the_gap():
@@ -298,6 +291,22 @@ def _jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     return torch.cat([jac[n].reshape(jac[n].shape[0], -1) for n in p], 1), p
 
 
+def null_tangents(build, x: torch.Tensor, x_jac: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """Tangent vectors (rows) of the report of ``build()`` (float64, seed 0) on ``x`` and the
+    report, after asserting that every row lies in the null space of an independent
+    ``jacrev`` Jacobian of the model at the inputs ``x_jac`` (relative residual < 1e-12)."""
+    from thermanopt.analysis.verify import tangent_vectors
+
+    torch.manual_seed(0)
+    model = build().double()
+    rep = find_symmetries(model, x, output="raw", verify=False)
+    jac, p = _jacobian(model, x_jac)
+    t = tangent_vectors(rep, p)
+    if t.shape[0]:
+        assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+    return t, rep
+
+
 @pytest.mark.parametrize("style", ["split", "unbind", "select"])
 def test_fused_qkv_is_cut_into_blocks(style):
     """q/k and v/out-projection each admit GL(head_dim) per head (not O(head_dim), not
@@ -311,15 +320,8 @@ def test_fused_qkv_is_cut_into_blocks(style):
     assert {p["index"] for s in gl for p in s.parameters if p["name"] == "qkv.weight"} == {
         "0:8", "8:16", "16:24"}
     assert [s.parameters[0]["index"] for s in r.by_kind("null")] == ["8:16"]
-    torch.manual_seed(0)
-    model = FusedQKV(style).double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randn(6, 5, 8, dtype=torch.float64))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
+    t, rep = null_tangents(lambda: FusedQKV(style), x, torch.randn(6, 5, 8, dtype=torch.float64))
     assert t.shape[0] == 80 and torch.linalg.matrix_rank(t) == 80
-    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
 
 
 class SumIntoNorm(nn.Module):
@@ -350,14 +352,7 @@ def test_writer_of_a_sum_read_only_by_layernorms_moves_along_one(tied):
         "proj.weight", "proj.bias"}
     if tied:  # untied, each embedding row has its own (point-dependent) LayerNorm nulls
         assert r.complete is True and r.continuous_dim == r.jacobian_nullity, r.table()
-    torch.manual_seed(0)
-    model = SumIntoNorm(tied).double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randint(0, 40, (12, 5)))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
-    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+    t, rep = null_tangents(lambda: SumIntoNorm(tied), x, torch.randint(0, 40, (12, 5)))
 
 
 class Conv1DBlock(nn.Module):
@@ -383,15 +378,8 @@ def test_conv1d_after_layernorm_has_column_nulls_and_a_bias_trade():
     assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 14, r.table()
     assert [s.dim for s in r.by_kind("null")] == [6] and [s.dim for s in r.by_kind("trade")] \
         == [4]
-    torch.manual_seed(0)
-    model = Conv1DBlock().double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randn(7, 5, 4, dtype=torch.float64))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
+    t, rep = null_tangents(Conv1DBlock, x, torch.randn(7, 5, 4, dtype=torch.float64))
     assert t.shape[0] == 14 and torch.linalg.matrix_rank(t) == 14
-    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
 
 
 class SwiGLU(nn.Module):
@@ -418,14 +406,8 @@ def test_gated_product_passes_a_diagonal_through_the_linear_factor(gate_last):
     assert [{p["name"] for p in s.parameters} for s in r.by_kind("rescale")] == [
         {"u.weight", "d.weight"}]
     assert r.by_kind("sign_flip")
-    torch.manual_seed(0)
-    model = SwiGLU(gate_last).double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randn(20, 3, dtype=torch.float64))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
-    assert t.shape[0] == 5 and float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+    t, rep = null_tangents(lambda: SwiGLU(gate_last), x, torch.randn(20, 3, dtype=torch.float64))
+    assert t.shape[0] == 5
 
 
 class SmallMapConv(nn.Module):
@@ -461,14 +443,8 @@ def test_kernel_taps_that_only_meet_padding_are_null(conv, size, unused):
     assert taps == unused, r.table()
     if unused:
         assert r.complete is True and r.continuous_dim == r.jacobian_nullity, r.table()
-    torch.manual_seed(0)
-    model = SmallMapConv(conv(), size).double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randn(30, 2, *spatial, dtype=torch.float64))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
-    assert t.shape[0] == 0 or float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+    t, rep = null_tangents(lambda: SmallMapConv(conv(), size), x,
+                           torch.randn(30, 2, *spatial, dtype=torch.float64))
 
 
 class FirstTokenHead(nn.Module):
@@ -489,14 +465,8 @@ def test_layernorm_null_of_a_head_reading_one_token():
     r = exact(FirstTokenHead, x, jacobian=True)
     assert [s.dim for s in r.by_kind("null")] == [3], r.table()
     assert r.complete is True and r.continuous_dim == r.jacobian_nullity == 7, r.table()
-    torch.manual_seed(0)
-    model = FirstTokenHead().double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randn(9, 5, 4, dtype=torch.float64))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
-    assert t.shape[0] == 7 and float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
+    t, rep = null_tangents(FirstTokenHead, x, torch.randn(9, 5, 4, dtype=torch.float64))
+    assert t.shape[0] == 7
 
 
 def _bottleneck(conv: bool) -> nn.Module:
@@ -526,15 +496,9 @@ def test_general_linear_maps_pass_through_eval_batchnorm(conv):
     assert [(s.group, s.dim) for s in r.by_kind("general_linear")] == [("GL(3)", 6)]
     total = 12 if conv else 15
     assert r.complete is True and r.continuous_dim == r.jacobian_nullity == total, r.table()
-    torch.manual_seed(0)
-    model = _bottleneck(conv).double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randn(8, *x.shape[1:], dtype=torch.float64))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
+    t, rep = null_tangents(lambda: _bottleneck(conv), x,
+                           torch.randn(8, *x.shape[1:], dtype=torch.float64))
     assert t.shape[0] == total and torch.linalg.matrix_rank(t) == total
-    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
 
 
 class SummedTables(nn.Module):
@@ -560,15 +524,8 @@ def test_summed_embedding_tables_trade_a_shift(norm):
     r = exact(lambda: SummedTables(norm), x)
     trades = [s for s in r.by_kind("trade") if "embedding" in s.note]
     assert [s.dim for s in trades] == [3 if norm else 4], r.table()
-    torch.manual_seed(0)
-    model = SummedTables(norm).double()
-    rep = find_symmetries(model, x, output="raw", verify=False)
-    jac, p = _jacobian(model, torch.randint(0, 10, (20, 5)))
-    from thermanopt.analysis.verify import tangent_vectors
-
-    t = tangent_vectors(rep, p)
+    t, rep = null_tangents(lambda: SummedTables(norm), x, torch.randint(0, 10, (20, 5)))
     assert torch.linalg.matrix_rank(t) == t.shape[0] == rep.continuous_dim
-    assert float((jac @ t.T).norm() / (jac.norm() * t.norm())) < 1e-12
 
 
 class GroupNormAndSkip(nn.Module):
