@@ -86,6 +86,16 @@ def linear_net(d_in=5, h=4, d_out=3, seed=0):
     return nn.Sequential(nn.Linear(d_in, h, bias=False), nn.Linear(h, d_out, bias=False)).to(DT)
 
 
+def preconditioner_of(precond: str | None, model: nn.Module):
+    """The test preconditioner named ``precond``: None, the scalar 1.7, or a positive diagonal
+    per parameter ("diag", seeded)."""
+    if precond != "diag":
+        return {None: None, "scalar": 1.7}[precond]
+    gen = torch.Generator().manual_seed(0)
+    return {n: torch.rand(p.shape, generator=gen, dtype=DT) + 0.1
+            for n, p in model.named_parameters()}
+
+
 def data(n, d_in, d_out, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d_in, generator=g, dtype=DT), torch.randn(n, d_out, generator=g, dtype=DT)
@@ -537,13 +547,7 @@ def test_ghost_norms_match_vmap(seq_len, precond):
     else:
         model = tanh_mlp(seed=7)
         X, Y = data(7, 3, 2, seed=8)
-    gen = torch.Generator().manual_seed(0)
-    pc = {None: None, "scalar": 1.7}.get(precond)
-    if precond == "diag":
-        pc = {
-            n: torch.rand(p.shape, generator=gen, dtype=DT) + 0.1
-            for n, p in model.named_parameters()
-        }
+    pc = preconditioner_of(precond, model)
     kw = {"batch_size": 3, "weight_decay": 0.05, "preconditioner": pc, "replacement": False}
     ghost = entropic_loss(model, mse, (X, Y), 0.2, noise_method="ghost", **kw)
     ref = entropic_loss(model, mse, (X, Y), 0.2, noise_method="vmap", **kw)
@@ -667,13 +671,7 @@ def test_ghost_norms_of_transformer_blocks_match_vmap(kind, precond):
     else:
         model = Block(tokens=7 if kind == "tokens" else 0, batch_first=kind != "seq_first")
         X, Y = block_data(model)
-    gen = torch.Generator().manual_seed(0)
-    pc = {None: None, "scalar": 1.7}.get(precond)
-    if precond == "diag":
-        pc = {
-            n: torch.rand(p.shape, generator=gen, dtype=DT) + 0.1
-            for n, p in model.named_parameters()
-        }
+    pc = preconditioner_of(precond, model)
     kw = {"batch_size": 2, "weight_decay": 0.05, "preconditioner": pc}
     ghost = entropic_loss(model, ce, (X, Y), 0.3, noise_method="ghost", **kw)
     ref = entropic_loss(model, ce, (X, Y), 0.3, noise_method="vmap", **kw)
