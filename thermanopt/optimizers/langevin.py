@@ -321,7 +321,8 @@ class _BundleStep:
     """The balanced step from the balanced stacks over the chains' points (module doc).
 
     On the balanced manifold itself (``total_space is manifold``) the chain carries the
-    frames (Q, s) and layer signs of its points: the retraction returns the frames of the
+    frames (Q, s) and layer signs of the point it returned (used only when the next call
+    gets that same point object, so they are never stale): the retraction returns the frames of the
     point it makes, so the projection of the next step needs no SVD of phi(W), and the
     signs are constant along a chain. On the quotient each step starts from the balanced
     lift of X.
@@ -329,6 +330,7 @@ class _BundleStep:
 
     def __init__(self, sampler: RiemannianLangevin, total: Any) -> None:
         self.sampler, self.total = sampler, total
+        self._point: Array | None = None  # the point the carried frames and signs belong to
         self._frames: tuple[Array, Array] | None = None
         self._signs: Array | None = None
 
@@ -336,8 +338,9 @@ class _BundleStep:
         h, T, total = self.sampler.step_size, self.sampler.temperature, self.total
         W = manifold.to_balanced(X)
         carry = manifold is total
-        frames = self._frames if carry and self._frames is not None else total.frame_data(W)
-        signs = self._signs if carry and self._signs is not None else total.layer_signs(W)
+        known = carry and X is self._point  # this call's X is the point the last call made
+        frames = self._frames if known else total.frame_data(W)
+        signs = self._signs if known else total.layer_signs(W)
         E = (-h) * manifold.pull_back(W, G)
         if T > 0:
             E = E + math.sqrt(2.0 * T * h) * random_normal(tuple(W.shape), spec_of(W), gen)
@@ -347,6 +350,7 @@ class _BundleStep:
             return total.retraction_with_frames(W, u, signs)
 
         W, Q, s = rule.step(retract, v, (W, *frames))
+        X = manifold.from_balanced(W)
         if carry:
-            self._frames, self._signs = (Q, s), signs
-        return manifold.from_balanced(W)
+            self._point, self._frames, self._signs = X, (Q, s), signs
+        return X
